@@ -1,0 +1,53 @@
+# mxfs — two commands do all the setup on a fresh Debian machine (as root):
+#   make demo   install what is missing, start a local server, mount, show it working
+#   make test   install what is missing, run the whole suite (ruff included)
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync git sqlite3 fio attr
+
+.PHONY: all deps sysdeps test test-fast lint demo demo-stop bench clean
+
+all: test
+
+sysdeps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@modprobe fuse 2>/dev/null || true
+
+$(STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 missing" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+deps: sysdeps $(STAMP)
+
+lint: deps
+	$(VENV)/bin/ruff check mxnet mxfs server tests bench
+
+test: deps lint
+	$(VENV)/bin/pytest -q
+
+test-fast: deps
+	$(VENV)/bin/pytest -q -m "not slow"
+
+demo: deps
+	$(PY) -m mxfs.demo
+
+demo-stop: deps
+	$(PY) -m mxfs.demo --stop
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
