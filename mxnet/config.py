@@ -1,0 +1,35 @@
+"""Tunables of an endpoint. Size classes follow Open-MX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TINY_MAX = 32
+SMALL_MAX = 128
+MEDIUM_MAX = 32 * 1024  # above this: rendezvous (large)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    tiny_max: int = TINY_MAX
+    small_max: int = SMALL_MAX
+    eager_max: int = MEDIUM_MAX  # largest message sent eagerly; larger ones use rendezvous
+    max_message: int = 1 << 30  # longest message accepted from a peer
+    data_chunk: int = 1 << 20  # rendezvous data goes out in chunks of this size (fairness)
+    unexpected_max_count: int = 4096  # bounded unexpected queue (messages) ...
+    unexpected_max_bytes: int = 64 << 20  # ... and bytes; a peer past it is paused, not buffered
+    keepalive: float = 2.0  # send a ping after this long without traffic
+    peer_timeout: float = 10.0  # declare a silent peer lost after this long
+    handshake_timeout: float = 5.0
+    send_buffer_max: int = 4096  # outstanding frames per peer before isend refuses
+    gm_send_tokens: int = 64  # gm: outstanding sends per endpoint
+    gm_max_size_class: int = 27  # gm: largest size class, 2**27 bytes
+
+    def size_class(self, length: int) -> str:
+        if length <= self.tiny_max:
+            return "tiny"
+        if length <= self.small_max:
+            return "small"
+        if length <= self.eager_max:
+            return "medium"
+        return "large"

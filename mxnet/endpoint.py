@@ -1,0 +1,476 @@
+"""The trio shell around the protocol engine: listening, connecting, reading, writing.
+
+How this works
+--------------
+``open_endpoint`` binds a listening TCP socket (IPv4 and IPv6 when the host allows) and
+runs, in one nursery: an accept loop, and per peer a reader task, a writer task and a
+keepalive task, all inside the peer's own cancel scope. Every connection starts with the
+HMAC handshake (handshake.py).
+
+The reader reads one 32-byte header with ``recv_into``, asks the engine where the payload
+goes, and reads it straight there: ``recv_into`` into the posted segments' memoryviews,
+``os.splice`` into file ranges. Anything a peer does wrong (bad frame, unknown handle,
+oversized message, EOF mid-frame, silence past ``peer_timeout``) ends that peer only: its
+socket closes, its requests complete with PEER_LOST, ``on_peer_lost`` callbacks run.
+
+The engine is either the MX engine (protocol.Engine) or the GM engine (gm.GMEngine); this
+shell does not care which.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from . import handshake
+from .config import Config
+from .errors import ConnectError, MxError, ProtocolError, Timeout
+from .matching import MASK_ALL
+from .peer import Peer
+from .protocol import Engine, Request
+from .segments import FileRange
+from .sockio import PeerGone, Splicer, discard, recv_exact_into
+from .stats import Statistics
+from .status import Status, StatusCode
+from .wire import HEADER_LEN, FrameError, unpack_header
+
+log = logging.getLogger("mxnet")
+
+__all__ = ["Endpoint", "Peer", "Request", "open_endpoint"]
+
+
+class Endpoint:
+    def __init__(self, nursery: trio.Nursery, key: bytes, transport: str, config: Config) -> None:
+        if transport not in ("mx", "gm"):
+            raise ValueError(f"unknown transport {transport!r} (use 'mx' or 'gm')")
+        if not key:
+            raise ValueError("an endpoint needs a non-empty key")
+        self.key = key
+        self.transport = transport
+        self.config = config
+        self.stats = Statistics(transport=transport)
+        if transport == "gm":
+            from .gm import GMEngine
+
+            self.engine: Any = GMEngine(config, self.stats)
+        else:
+            self.engine = Engine(config, self.stats)
+        self.engine.on_complete = self._on_complete
+        self.engine.on_room = self._on_room
+        self.engine.waiter = self._wait
+        self._nursery = nursery
+        self._listeners: list[socket.socket] = []
+        self.address: tuple[str, int] = ("", 0)
+        self.peers: set[Peer] = set()
+        self._events: dict[Request, trio.Event] = {}
+        self._completed: OrderedDict[Request, None] = OrderedDict()
+        self._any_event = trio.Event()
+        self._room_event = trio.Event()
+        self._lost_callbacks: list[Callable[[Peer], None]] = []
+        self._accept_callbacks: list[Callable[[Peer], None]] = []
+        self.closed = False
+
+    # -- public API ----------------------------------------------------------------------
+    def on_peer_lost(self, callback: Callable[[Peer], None]) -> None:
+        self._lost_callbacks.append(callback)
+
+    def on_peer_accepted(self, callback: Callable[[Peer], None]) -> None:
+        self._accept_callbacks.append(callback)
+
+    def set_unexpected_handler(self, handler: Callable[[Status], None] | None) -> None:
+        """Called (like mx_register_unexp_handler) when a message arrives that no posted
+        receive matches, before it is queued; the handler may post a receive for it."""
+        self.engine.on_unexpected = handler
+
+    async def connect(self, host: str, port: int, timeout: float = 10.0) -> Peer:
+        try:
+            with trio.fail_after(timeout):
+                sock = await _connect_tcp(host, port)
+                try:
+                    await handshake.client_side(sock, self.key, self.transport)
+                except BaseException:
+                    sock.close()
+                    raise
+        except trio.TooSlowError:
+            raise ConnectError(f"connecting to {host}:{port} timed out after {timeout} s") from None
+        except OSError as e:
+            raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        peer = self._add_peer(sock, (host, port))
+        return peer
+
+    def isend(self, peer: Peer, segments: Any, match: int) -> Request:
+        return self._send(peer, segments, match, False)
+
+    def issend(self, peer: Peer, segments: Any, match: int) -> Request:
+        """Synchronous send: completes only once a receive has matched and taken it."""
+        return self._send(peer, segments, match, True)
+
+    def irecv(self, segments: Any, match: int = 0, mask: int = MASK_ALL, *,
+              peer: Peer | None = None) -> Request:
+        req, frames = self.engine.irecv(segments, match, mask, peer)
+        self._emit(req.peer, frames)
+        return req
+
+    def iprobe(self, match: int = 0, mask: int = 0, *, peer: Peer | None = None) -> Status | None:
+        """Is a message waiting in the unexpected queue that a receive (match, mask) would take?"""
+        return self.engine.probe(match, mask, peer)
+
+    async def probe(self, match: int = 0, mask: int = 0, *, peer: Peer | None = None,
+                    timeout: float | None = None) -> Status:
+        with _deadline(timeout):
+            while True:
+                st = self.iprobe(match, mask, peer=peer)
+                if st is not None:
+                    return st
+                ev = self._any_event = self._any_event if not self._any_event.is_set() else trio.Event()
+                await ev.wait()
+        raise AssertionError  # pragma: no cover
+
+    async def wait_any(self, match: int = 0, mask: int = 0, timeout: float | None = None) -> Request:
+        """Wait for any request whose match info fits (match, mask) to complete (mx_wait_any).
+        Returns the request; its completion counts as observed."""
+        with _deadline(timeout):
+            while True:
+                for req in self._completed:
+                    if req.match & mask == match:
+                        del self._completed[req]
+                        req.observed = True
+                        return req
+                ev = self._any_event = self._any_event if not self._any_event.is_set() else trio.Event()
+                await ev.wait()
+        raise AssertionError  # pragma: no cover
+
+    def statistics(self) -> Statistics:
+        self.stats.peers_connected = len(self.peers)
+        self.stats.unexpected_now = self.engine.matcher.unexpected_count()
+        return self.stats
+
+    async def disconnect(self, peer: Peer) -> None:
+        self._lose(peer, "closed locally")
+
+    # -- the engine side -----------------------------------------------------------------
+    def _send(self, peer: Peer, segments: Any, match: int, sync: bool) -> Request:
+        if peer.lost:
+            req = Request("send", (), match, MASK_ALL, peer, self.engine, sync)
+            req._complete(StatusCode.PEER_LOST, 0, 0)
+            return req
+        req, frames = self.engine.isend(peer, segments, match, sync)
+        self._emit(peer, frames)
+        return req
+
+    def _emit(self, peer: Any, frames: list[Any]) -> None:
+        if frames and isinstance(peer, Peer) and not peer.lost:
+            peer.enqueue(frames)
+            peer.kick()
+
+    def _on_complete(self, req: Request) -> None:
+        ev = self._events.pop(req, None)
+        if ev is not None:
+            ev.set()
+        self._completed[req] = None
+        while len(self._completed) > 65536:  # only wait_any reads this; keep it bounded
+            self._completed.popitem(last=False)
+        self._any_event.set()
+
+    def _on_room(self) -> None:
+        self._room_event.set()
+
+    async def _wait(self, req: Request, timeout: float | None) -> Status:
+        if req.status is None:
+            ev = self._events.get(req)
+            if ev is None:
+                ev = self._events[req] = trio.Event()
+            try:
+                with _deadline(timeout):
+                    await ev.wait()
+            finally:
+                if req.status is None:
+                    self._events.pop(req, None)
+        self._completed.pop(req, None)
+        req.observed = True
+        assert req.status is not None
+        return req.status
+
+    # -- peers ---------------------------------------------------------------------------
+    def _add_peer(self, sock: socket.socket, address: Any) -> Peer:
+        if self.closed:
+            sock.close()
+            raise ConnectError("endpoint is closed")
+        peer = Peer(sock, address, self.stats)
+        peer.on_sent = self.engine.frame_sent
+        self.engine.add_peer(peer)
+        self.peers.add(peer)
+        self.stats.peers_connected = len(self.peers)
+        self._nursery.start_soon(self._run_peer, peer)
+        return peer
+
+    async def _run_peer(self, peer: Peer) -> None:
+        with trio.CancelScope() as scope:
+            peer.cancel_scope = scope
+            async with trio.open_nursery() as n:
+                n.start_soon(self._guard, peer, self._writer)
+                n.start_soon(self._guard, peer, self._keepalive)
+                n.start_soon(self._guard, peer, self._reader)
+        self._lose(peer, peer.lost_reason or "closed")
+        peer.sock.close()  # only now: no task of this peer waits on the socket any more
+        if peer.splicer is not None:
+            peer.splicer.close()
+
+    async def _guard(self, peer: Peer, task: Callable[[Peer], Any]) -> None:
+        """Run one of a peer's tasks; whatever ends it ends the peer, never the endpoint."""
+        try:
+            await task(peer)
+            reason = "closed"
+        except PeerGone as e:
+            reason = f"connection lost: {e}"
+        except (ProtocolError, FrameError, ValueError) as e:
+            self.stats.protocol_errors += 1
+            reason = f"protocol error: {e}"
+            log.warning("mxnet: dropping peer %s: %s", peer.address, e)
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
+            reason = f"socket error: {e}"
+        self._lose(peer, peer.lost_reason or reason)
+
+    def _lose(self, peer: Peer, reason: str) -> None:
+        if peer.lost:
+            return
+        peer.lost = True
+        peer.lost_reason = reason
+        if peer.cancel_scope is not None:
+            peer.cancel_scope.cancel()
+        else:  # never started: nothing waits on the socket
+            peer.sock.close()
+        peer.drop_queues()
+        self.peers.discard(peer)
+        self.stats.peers_lost += 1
+        self.engine.peer_lost(peer)
+        peer.lost_event.set()
+        log.info("mxnet: peer %s lost (%s)", peer.address, reason)
+        for cb in list(self._lost_callbacks):
+            try:
+                cb(peer)
+            except Exception:  # a callback bug must not take the endpoint down
+                log.exception("mxnet: on_peer_lost callback failed")
+
+    async def _reader(self, peer: Peer) -> None:
+        sock = peer.sock
+        hbuf = bytearray(HEADER_LEN)
+        hview = memoryview(hbuf)
+        engine = self.engine
+        while True:
+            await recv_exact_into(sock, hview)
+            peer.last_rx = trio.current_time()
+            h = unpack_header(hbuf)
+            if h.length > self.config.max_message:
+                raise ProtocolError(f"frame of {h.length} bytes exceeds max_message")
+            inbound = engine.receive_header(peer, h)
+            while inbound.paused:
+                peer.paused = True
+                if self._room_event.is_set():
+                    self._room_event = trio.Event()
+                await self._room_event.wait()
+                peer.last_rx = trio.current_time()
+                inbound = engine.receive_header(peer, h)
+            peer.paused = False
+            for piece in inbound.pieces:
+                if isinstance(piece, FileRange):
+                    await self._splice(peer, piece)
+                else:
+                    await recv_exact_into(sock, piece)
+            if inbound.discard:
+                await discard(sock, inbound.discard)
+            frames = engine.receive_done(peer)
+            if frames:
+                peer.enqueue(frames)
+                peer.kick()
+
+    async def _splice(self, peer: Peer, fr: FileRange) -> None:
+        if peer.splicer is None:
+            peer.splicer = Splicer()
+        sp = peer.splicer
+        sp.error = None
+        before = sp.calls
+        await sp.into_file(peer.sock, fr)
+        peer.last_rx = trio.current_time()
+        self.stats.splice_calls += sp.calls - before
+        if sp.copied:
+            self.stats.payload_bytes_copied += sp.copied
+            self.stats.payload_copies += 1
+            sp.copied = 0
+        if sp.error is not None:
+            self.engine.fail_current(peer, sp.error.errno or 5)
+
+    async def _writer(self, peer: Peer) -> None:
+        while True:
+            await peer.wake_writer.wait()
+            peer.wake_writer = trio.Event()
+            while not peer.pump():
+                await trio.lowlevel.wait_writable(peer.sock)
+            peer.blocked = False
+
+    async def _keepalive(self, peer: Peer) -> None:
+        from .wire import Header, PacketType
+        from .protocol import OutFrame
+
+        ping = Header(PacketType.PING).pack()
+        interval = self.config.keepalive
+        while True:
+            await trio.sleep(interval)
+            idle = trio.current_time() - peer.last_rx
+            if peer.paused:
+                continue
+            if idle > self.config.peer_timeout:
+                peer.lost_reason = f"silent for {idle:.1f} s (peer_timeout)"
+                raise PeerGone(peer.lost_reason)
+            if idle >= interval:
+                peer.enqueue([OutFrame(ping)])
+                peer.kick()
+
+    # -- listening -----------------------------------------------------------------------
+    async def _serve(self, lsock: socket.socket) -> None:
+        while True:
+            try:
+                sock, addr = lsock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(lsock)
+                continue
+            except OSError as e:
+                log.warning("mxnet: accept failed: %s", e)
+                await trio.sleep(0.05)
+                continue
+            _tune(sock)
+            self._nursery.start_soon(self._accept_one, sock, addr)
+
+    async def _accept_one(self, sock: socket.socket, addr: Any) -> None:
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                await handshake.server_side(sock, self.key, self.transport)
+        except (ConnectError, trio.TooSlowError, OSError) as e:
+            sock.close()
+            self.stats.handshake_failures += 1
+            msg = "handshake timed out" if isinstance(e, trio.TooSlowError) else str(e)
+            log.warning("mxnet: refused connection from %s: %s", addr[:2], msg)
+            return
+        peer = self._add_peer(sock, addr[:2])
+        for cb in list(self._accept_callbacks):
+            cb(peer)
+
+    async def _listen(self, host: str | None, port: int) -> None:
+        infos = await trio.socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                              flags=socket.AI_PASSIVE)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        bound_port = port
+        for family, type_, proto, _, sockaddr in infos:
+            s = socket.socket(family, type_, proto)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if bound_port:
+                sockaddr = (sockaddr[0], bound_port, *sockaddr[2:])
+            try:
+                s.bind(sockaddr)
+            except OSError:
+                s.close()
+                if self._listeners:
+                    continue  # e.g. IPv6 unavailable: IPv4 alone is fine
+                raise
+            s.listen(128)
+            s.setblocking(False)
+            bound_port = s.getsockname()[1]
+            if not self._listeners:
+                self.address = (sockaddr[0], bound_port)
+            self._listeners.append(s)
+        for s in self._listeners:
+            self._nursery.start_soon(self._serve, s)
+
+    def close(self) -> None:
+        """Drop every peer (their requests complete with PEER_LOST) and stop accepting.
+        Sockets are closed by their tasks as they exit."""
+        self.closed = True
+        for peer in list(self.peers):
+            self._lose(peer, "endpoint closed")
+
+
+@asynccontextmanager
+async def open_endpoint(host: str | None = "127.0.0.1", port: int = 0, *, key: bytes,
+                        transport: str = "mx", config: Config | None = None,
+                        listen: bool = True) -> AsyncIterator[Endpoint]:
+    """Open an endpoint listening on (host, port) — port 0 picks a free port — and yield it.
+    ``host`` None or "" listens on every address, IPv4 and IPv6."""
+    if isinstance(key, str):
+        key = key.encode()
+    async with trio.open_nursery() as nursery:
+        ep = Endpoint(nursery, key, transport, config or Config())
+        try:
+            if listen:
+                await ep._listen(host, port)
+            yield ep
+        finally:
+            ep.close()
+            nursery.cancel_scope.cancel()
+    for s in ep._listeners:  # every task is gone now
+        s.close()
+
+
+# -- helpers -------------------------------------------------------------------------------
+class _deadline:
+    """``with _deadline(t):`` raises mxnet.Timeout after t seconds (None: no limit)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.scope: trio.CancelScope | None = None
+
+    def __enter__(self) -> None:
+        if self.timeout is not None:
+            self.scope = trio.move_on_after(self.timeout)
+            self.scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self.scope is None:
+            return False
+        swallowed = self.scope.__exit__(*exc)
+        if self.scope.cancelled_caught:
+            raise Timeout(f"not completed within {self.timeout} s")
+        return bool(swallowed)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+async def _connect_tcp(host: str, port: int) -> socket.socket:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"cannot resolve {host}")
+    for family, type_, proto, _, sockaddr in infos:
+        sock = socket.socket(family, type_, proto)
+        _tune(sock)
+        try:
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, __import__("os").strerror(err))
+            return sock
+        except OSError as e:
+            sock.close()
+            last = e
+        except BaseException:
+            sock.close()
+            raise
+    raise last
+
+
+_ = MxError

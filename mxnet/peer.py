@@ -1,0 +1,168 @@
+"""One connection to a peer: its socket and its outgoing frame queues (the send side).
+
+How this works
+--------------
+Frames wait in two queues: ``urgent`` (control and eager frames, in send order) and
+``bulk`` (rendezvous DATA chunks). ``pump()`` writes as much as the socket takes without
+blocking, always preferring urgent frames, so a 64 MiB transfer lets a small message
+through between two chunks. Consecutive in-memory frames go out together in one
+``sendmsg`` (up to IOV_MAX pieces); file pieces go out with ``os.sendfile``. When the
+socket is full, ``pump()`` returns False and the writer task waits for writability.
+isend calls ``pump()`` directly, so on an idle connection the message is on the wire
+before isend returns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .segments import FileRange
+from .sockio import Splicer
+from .stats import Statistics
+
+IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+_ZEROS = memoryview(bytes(1 << 16))
+
+
+class Peer:
+    """A connected peer. Compare peers by identity; ``lost`` tells whether it is gone."""
+
+    def __init__(self, sock: socket.socket, address: Any, stats: Statistics) -> None:
+        self.sock = sock
+        self.address = address
+        self.stats = stats
+        self.lost = False
+        self.lost_reason = ""
+        self.urgent: deque[Any] = deque()
+        self.bulk: deque[Any] = deque()
+        self._cur: Any = None  # frame being written
+        self._parts: list[Any] = []  # remaining pieces of _cur (memoryview / FileRange)
+        self._short = 0
+        self.on_sent: Callable[[Any, int], None] | None = None
+        self.wake_writer = trio.Event()
+        self.blocked = False
+        self.last_rx = trio.current_time()
+        self.paused = False
+        self.cancel_scope: trio.CancelScope | None = None
+        self.splicer: Splicer | None = None
+        self.lost_event = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.address}{' lost' if self.lost else ''}>"
+
+    def enqueue(self, frames: list[Any]) -> None:
+        for f in frames:
+            (self.bulk if f.bulk else self.urgent).append(f)
+
+    def kick(self) -> None:
+        """Try to write now; wake the writer task if the socket could not take it all."""
+        if self.lost or self.blocked:
+            return
+        if not self.pump():
+            self.blocked = True
+            self.wake_writer.set()
+
+    def _next(self) -> bool:
+        q = self.urgent if self.urgent else self.bulk
+        if not q:
+            return False
+        f = q.popleft()
+        self._cur = f
+        self._parts = [memoryview(f.header)] + list(f.pieces)
+        self._short = 0
+        return True
+
+    def pump(self) -> bool:
+        """Write without blocking. True when every queued frame is on the wire."""
+        sock = self.sock
+        while True:
+            if self._cur is None and not self._next():
+                return True
+            parts = self._parts
+            if parts and isinstance(parts[0], FileRange):
+                if not self._sendfile(parts):
+                    return False
+            else:
+                iov = self._gather()
+                try:
+                    n = sock.sendmsg(iov)
+                except BlockingIOError:
+                    return False
+                self.stats.sendmsg_calls += 1
+                self._advance(n)
+            if self._cur is not None and not self._parts:
+                self._finish()
+
+    def _gather(self) -> list[memoryview]:
+        """In-memory pieces of the current frame, then of following urgent frames."""
+        iov: list[memoryview] = []
+        for p in self._parts:
+            if isinstance(p, FileRange) or len(iov) >= IOV_MAX:
+                return iov
+            iov.append(p)
+        for f in self.urgent:  # coalesce queued small frames into the same sendmsg
+            if len(iov) + 1 + len(f.pieces) > IOV_MAX or any(
+                isinstance(p, FileRange) for p in f.pieces
+            ):
+                break
+            iov.append(memoryview(f.header))
+            iov.extend(f.pieces)
+        return iov
+
+    def _advance(self, n: int) -> None:
+        """Consume n written bytes across the current frame and the frames after it."""
+        while n:
+            if not self._parts:
+                self._finish()
+                self._next()
+                continue
+            p = self._parts[0]
+            if p.nbytes <= n:
+                n -= p.nbytes
+                self._parts.pop(0)
+            else:
+                self._parts[0] = p[n:]
+                n = 0
+        if self._cur is not None and not self._parts:
+            self._finish()
+
+    def _sendfile(self, parts: list[Any]) -> bool:
+        fr: FileRange = parts[0]
+        if fr.length == 0:
+            parts.pop(0)
+            return True
+        try:
+            n = os.sendfile(self.sock.fileno(), fr.fd, fr.offset, fr.length)
+        except BlockingIOError:
+            return False
+        self.stats.sendfile_calls += 1
+        if n == 0:  # the file is shorter than promised: zero-fill to keep the stream framed
+            k = min(fr.length, _ZEROS.nbytes)
+            try:
+                n = self.sock.send(_ZEROS[:k])
+            except BlockingIOError:
+                return False
+            self._short += n
+        if n >= fr.length:
+            parts.pop(0)
+        else:
+            parts[0] = FileRange(fr.fd, fr.offset + n, fr.length - n)
+        return True
+
+    def _finish(self) -> None:
+        f, short = self._cur, self._short
+        self._cur, self._parts, self._short = None, [], 0
+        self.stats.frames_sent += 1
+        if self.on_sent is not None:
+            self.on_sent(f, short)
+
+    def drop_queues(self) -> None:
+        self.urgent.clear()
+        self.bulk.clear()
+        self._cur, self._parts = None, []

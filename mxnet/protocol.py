@@ -1,0 +1,428 @@
+"""The MX protocol engine: sans-IO, one per endpoint, driving every peer's state.
+
+How this works
+--------------
+The trio shell (endpoint.py) owns sockets; this module owns decisions. It never reads or
+writes a socket, and it never copies payload except where MX itself does (an eager message
+that arrived before its receive was posted is kept in the unexpected queue and copied out
+once a receive takes it — counted in ``stats.payload_bytes_copied``).
+
+Requests in → frames out:
+    isend/issend/irecv/cancel return a Request and a list of OutFrame. An OutFrame is a
+    header plus the caller's payload *pieces* (memoryview slices or FileRange), passed
+    through by identity so the shell can put them on the wire with one sendmsg or with
+    sendfile. Bulk frames (rendezvous DATA chunks) are marked so the shell can let small
+    messages overtake them between chunks.
+
+Bytes in → events out, in two steps per frame:
+    ``receive_header(peer, header)`` returns an Inbound telling the shell where the
+    ``header.length`` payload bytes must land (pieces of a posted receive, a fresh buffer
+    for the unexpected queue, or nowhere) — or that the peer must pause because the
+    unexpected queue is full. Once the shell has filled those pieces it calls
+    ``receive_done(peer)``, which completes requests and returns frames to send.
+
+Size classes (Open-MX): tiny ≤ 32 B, small ≤ 128 B, medium ≤ 32 KiB go EAGER; larger
+messages, and every synchronous send, go by rendezvous:
+    sender   RNDV(match, length, send handle)            → receiver
+    receiver matches a posted receive (now or later) and PULL(recv handle, want) → sender
+    sender   DATA chunks (recv handle, offset)          → receiver, straight into its segments
+    receiver NOTIFY(send handle, delivered)              → sender; both requests complete.
+
+Request states: POSTED (receive waiting in the matcher) / PENDING (send queued or waiting
+for PULL/NOTIFY; receive being filled) → DONE with a Status. A receive can be cancelled
+only while POSTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .errors import ProtocolError
+from .matching import MASK_ALL, Matcher, check_match
+from .segments import Piece, Segment, as_vector, copy_into, pieces, vector_length
+from .stats import Statistics
+from .status import Status, StatusCode
+from .wire import Header, PacketType
+
+_PING = Header(PacketType.PING).pack()
+_PONG = Header(PacketType.PONG).pack()
+
+
+class Request:
+    """One outstanding operation (MX request handle)."""
+
+    __slots__ = (
+        "kind", "vec", "length", "match", "mask", "peer", "sync", "status", "engine",
+        "handle", "want", "received", "msg_length", "short", "send_handle", "on_done",
+        "_posted", "observed", "__weakref__",
+    )
+
+    def __init__(self, kind: str, vec: tuple[Segment, ...], match: int, mask: int,
+                 peer: Hashable | None, engine: Engine, sync: bool = False) -> None:
+        self.kind = kind  # "send" | "recv"
+        self.vec = vec
+        self.length = vector_length(vec)
+        self.match = match
+        self.mask = mask
+        self.peer = peer
+        self.sync = sync
+        self.status: Status | None = None
+        self.engine = engine
+        self.handle = 0
+        self.want = 0
+        self.received = 0
+        self.msg_length = 0
+        self.short = 0  # file bytes that were missing on send (zero-filled)
+        self.send_handle = 0
+        self.on_done: Callable[[Request], None] | None = None
+        self._posted: Any = None
+        self.observed = False
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    def test(self) -> Status | None:
+        if self.status is not None:
+            self.observed = True
+        return self.status
+
+    def cancel(self) -> bool:
+        return self.engine.cancel(self)
+
+    def _complete(self, code: StatusCode, msg_length: int, xfer: int, error: int = 0) -> None:
+        if self.status is not None:
+            return
+        self.status = Status(code, self.peer, self.match, msg_length, xfer, error)
+        self.engine._completed(self)
+
+    def __repr__(self) -> str:
+        state = self.status.code.name if self.status else "pending"
+        return f"<Request {self.kind} match={self.match:#x} len={self.length} {state}>"
+
+
+@dataclass(slots=True)
+class OutFrame:
+    header: bytes
+    pieces: list[Piece] = field(default_factory=list)
+    length: int = 0
+    request: Request | None = None  # completes when this frame is on the wire (eager sends)
+    bulk: bool = False
+
+
+@dataclass(slots=True)
+class Inbound:
+    pieces: list[Piece] = field(default_factory=list)
+    discard: int = 0  # bytes to read and drop after the pieces
+    paused: bool = False  # unexpected queue full: wait for room, then call receive_header again
+
+
+@dataclass(slots=True)
+class _UnexpectedEager:
+    buf: bytearray
+    complete: bool = False
+    taker: Request | None = None
+
+
+@dataclass(slots=True)
+class _UnexpectedRndv:
+    send_handle: int
+    msg_length: int
+
+
+@dataclass(slots=True)
+class _PeerState:
+    sends: dict[int, Request] = field(default_factory=dict)  # rendezvous, by send handle
+    pulls: dict[int, Request] = field(default_factory=dict)  # receives being filled
+    eager_inflight: set[Request] = field(default_factory=set)
+    next_handle: int = 1
+    current: tuple[Header, Any] | None = None  # the frame whose payload is being read
+
+
+class Engine:
+    def __init__(self, config: Config | None = None, stats: Statistics | None = None) -> None:
+        self.config = config or Config()
+        self.stats = stats or Statistics()
+        self.matcher: Matcher[Any] = Matcher(
+            self.config.unexpected_max_count, self.config.unexpected_max_bytes
+        )
+        self.peers: dict[Hashable, _PeerState] = {}
+        self.on_complete: Callable[[Request], None] | None = None
+        self.on_room: Callable[[], None] | None = None
+        self.on_unexpected: Callable[[Status], None] | None = None
+        self.waiter: Any = None  # the shell's ``async wait(req, timeout)``
+
+    # -- peers ---------------------------------------------------------------------------
+    def add_peer(self, peer: Hashable) -> None:
+        self.peers[peer] = _PeerState()
+
+    def peer_lost(self, peer: Hashable) -> None:
+        """Complete everything that depended on ``peer`` with PEER_LOST."""
+        st = self.peers.pop(peer, None)
+        doomed = self.matcher.drop_peer(peer)
+        if st is not None:
+            doomed += list(st.sends.values()) + list(st.pulls.values())
+            doomed += list(st.eager_inflight)
+            if st.current is not None and isinstance(st.current[1], Request):
+                doomed.append(st.current[1])
+        for req in doomed:
+            req._complete(StatusCode.PEER_LOST, req.msg_length, req.received)
+        self._room()
+
+    def _state(self, peer: Hashable) -> _PeerState:
+        try:
+            return self.peers[peer]
+        except KeyError:
+            raise ProtocolError("peer is not connected") from None
+
+    def _handle(self, st: _PeerState) -> int:
+        h = st.next_handle
+        st.next_handle += 1
+        return h
+
+    # -- requests in ---------------------------------------------------------------------
+    def isend(self, peer: Hashable, segments: Any, match: int, sync: bool = False
+              ) -> tuple[Request, list[OutFrame]]:
+        check_match(match, MASK_ALL)
+        vec = as_vector(segments)
+        st = self._state(peer)
+        req = Request("send", vec, match, MASK_ALL, peer, self, sync)
+        n = req.length
+        if n > self.config.max_message:
+            raise ValueError(f"message of {n} bytes exceeds max_message {self.config.max_message}")
+        self.stats.count_send(self.config.size_class(n), n)
+        if n <= self.config.eager_max and not sync:
+            self.stats.eager_sends += 1
+            st.eager_inflight.add(req)
+            hdr = Header(PacketType.EAGER, n, match, n).pack()
+            return req, [OutFrame(hdr, list(pieces(vec, 0, n)), n, req)]
+        self.stats.rendezvous_sends += 1
+        req.handle = self._handle(st)
+        st.sends[req.handle] = req
+        return req, [OutFrame(Header(PacketType.RNDV, 0, match, n, req.handle).pack())]
+
+    def irecv(self, segments: Any, match: int, mask: int, peer: Hashable | None = None
+              ) -> tuple[Request, list[OutFrame]]:
+        check_match(match, mask)
+        vec = as_vector(segments, writable=True)
+        req = Request("recv", vec, match, mask, peer, self)
+        if peer is not None and peer not in self.peers:
+            req._complete(StatusCode.PEER_LOST, 0, 0)
+            return req, []
+        u = self.matcher.post(match, mask, peer, req)
+        if u is None:
+            return req, []
+        self._room()
+        req.peer, req.match = u.peer, u.match
+        item = u.item
+        if isinstance(item, _UnexpectedRndv):
+            return req, self._start_pull(u.peer, req, item.send_handle, item.msg_length)
+        if item.complete:
+            self._deliver_unexpected(req, item.buf)
+        else:
+            item.taker = req  # still arriving: delivered in receive_done
+        return req, []
+
+    def cancel(self, req: Request) -> bool:
+        if req.kind != "recv" or req.done or not self.matcher.cancel(req):
+            return False
+        req._complete(StatusCode.CANCELLED, 0, 0)
+        return True
+
+    def probe(self, match: int, mask: int, peer: Hashable | None = None) -> Status | None:
+        u = self.matcher.probe(match, mask, peer)
+        if u is None:
+            return None
+        item = u.item
+        length = item.msg_length if isinstance(item, _UnexpectedRndv) else len(item.buf)
+        return Status(StatusCode.SUCCESS, u.peer, u.match, length, 0)
+
+    def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
+        """The shell wrote ``frame`` completely; ``short`` file bytes were zero-filled."""
+        req = frame.request
+        if req is None:
+            return
+        req.short += short
+        if frame.bulk:
+            return
+        st = self.peers.get(req.peer)
+        if st is not None:
+            st.eager_inflight.discard(req)
+        code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
+        req._complete(code, req.length, req.length - req.short)
+
+    # -- bytes in ------------------------------------------------------------------------
+    def receive_header(self, peer: Hashable, h: Header) -> Inbound:
+        st = self._state(peer)
+        t = h.type
+        if t is PacketType.EAGER:
+            return self._eager_in(peer, st, h)
+        if t is PacketType.DATA:
+            req = st.pulls.get(h.a)
+            if req is None:
+                raise ProtocolError(f"DATA for unknown receive handle {h.a}")
+            if h.b != req.received or req.received + h.length > req.want:
+                raise ProtocolError("DATA out of order or beyond what was pulled")
+            st.current = (h, req)
+            return Inbound(list(pieces(req.vec, h.b, h.length)))
+        if h.length:
+            raise ProtocolError(f"{t.name} carries no payload")
+        if t is PacketType.RNDV and h.b > self.config.max_message:
+            raise ProtocolError(f"message of {h.b} bytes exceeds max_message")
+        target = None
+        if t is PacketType.RNDV:
+            target = self.matcher.arrive(h.a, peer)
+            if target is None and self.on_unexpected is not None:
+                self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.a, h.b, 0))
+                target = self.matcher.arrive(h.a, peer)
+            if target is None and not self.matcher.has_room(0):
+                return Inbound(paused=True)
+        st.current = (h, target)
+        return Inbound()
+
+    def _eager_in(self, peer: Hashable, st: _PeerState, h: Header) -> Inbound:
+        n = h.length
+        if n > self.config.max_message or n != h.b:
+            raise ProtocolError(f"bad EAGER length {n}")
+        req = self.matcher.arrive(h.a, peer)
+        if req is None and self.on_unexpected is not None:
+            self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.a, n, 0))
+            req = self.matcher.arrive(h.a, peer)
+        if req is not None:
+            req.peer, req.match = peer, h.a
+            take = min(n, req.length)
+            st.current = (h, req)
+            return Inbound(list(pieces(req.vec, 0, take)), n - take)
+        if not self.matcher.has_room(n):
+            return Inbound(paused=True)
+        item = _UnexpectedEager(bytearray(n))
+        self.matcher.add_unexpected(h.a, peer, n, item)
+        self.stats.unexpected_high_water = self.matcher.high_water
+        st.current = (h, item)
+        return Inbound([memoryview(item.buf)] if n else [])
+
+    def fail_current(self, peer: Hashable, err: int) -> None:
+        """The shell could not store the current frame's payload locally (a file receive
+        segment failed with ``err``): the receive completes with LOCAL_ERROR."""
+        st = self._state(peer)
+        if st.current is not None and isinstance(st.current[1], Request):
+            req = st.current[1]
+            req._complete(StatusCode.LOCAL_ERROR, req.msg_length, req.received, err)
+
+    def receive_done(self, peer: Hashable) -> list[OutFrame]:
+        st = self._state(peer)
+        assert st.current is not None, "receive_done without receive_header"
+        h, target = st.current
+        st.current = None
+        t = h.type
+        if t is PacketType.EAGER:
+            self.stats.count_receive(self.config.size_class(h.length), h.length)
+            if isinstance(target, Request):
+                take = min(h.length, target.length)
+                code = StatusCode.TRUNCATED if take < h.length else StatusCode.SUCCESS
+                target._complete(code, h.length, take)
+            else:
+                target.complete = True
+                if target.taker is not None:
+                    self._deliver_unexpected(target.taker, target.buf)
+            return []
+        if t is PacketType.DATA:
+            req = target
+            req.received += h.length
+            if req.received < req.want:
+                return []
+            del st.pulls[req.handle]
+            self.stats.count_receive("large", req.want)
+            code = StatusCode.TRUNCATED if req.want < req.msg_length else StatusCode.SUCCESS
+            req._complete(code, req.msg_length, req.want)
+            return [OutFrame(Header(PacketType.NOTIFY, 0, req.send_handle, req.want).pack())]
+        if t is PacketType.RNDV:
+            req = target
+            if req is None:
+                self.matcher.add_unexpected(h.a, peer, 0, _UnexpectedRndv(h.c, h.b))
+                self.stats.unexpected_high_water = self.matcher.high_water
+                return []
+            req.peer, req.match = peer, h.a
+            return self._start_pull(peer, req, h.c, h.b)
+        if t is PacketType.PULL:
+            return self._pulled(st, h)
+        if t is PacketType.NOTIFY:
+            req = st.sends.pop(h.a, None)
+            if req is None:
+                raise ProtocolError(f"NOTIFY for unknown send handle {h.a}")
+            code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
+            req._complete(code, req.length, h.b)
+            return []
+        if t is PacketType.PING:
+            return [OutFrame(_PONG)]
+        if t in (PacketType.PONG, PacketType.BYE):
+            return []
+        raise ProtocolError(f"unexpected {t.name} frame on an mx connection")
+
+    # -- rendezvous ----------------------------------------------------------------------
+    def _start_pull(self, peer: Hashable, req: Request, send_handle: int, msg_length: int
+                    ) -> list[OutFrame]:
+        st = self._state(peer)
+        req.msg_length = msg_length
+        req.want = min(msg_length, req.length)
+        req.send_handle = send_handle
+        req.handle = self._handle(st)
+        pull = OutFrame(Header(PacketType.PULL, 0, req.handle, send_handle, req.want).pack())
+        if req.want == 0:
+            self.stats.count_receive("large" if msg_length > self.config.eager_max else "tiny", 0)
+            code = StatusCode.TRUNCATED if msg_length else StatusCode.SUCCESS
+            req._complete(code, msg_length, 0)
+        else:
+            st.pulls[req.handle] = req
+        return [pull]
+
+    def _pulled(self, st: _PeerState, h: Header) -> list[OutFrame]:
+        req = st.sends.get(h.b)
+        if req is None:
+            raise ProtocolError(f"PULL for unknown send handle {h.b}")
+        want = h.c
+        if want > req.length:
+            raise ProtocolError("PULL asks for more than the message holds")
+        if want == 0:
+            del st.sends[h.b]
+            req._complete(StatusCode.SUCCESS, req.length, 0)
+            return []
+        frames = []
+        chunk = self.config.data_chunk
+        for off in range(0, want, chunk):
+            k = min(chunk, want - off)
+            hdr = Header(PacketType.DATA, k, h.a, off).pack()
+            frames.append(OutFrame(hdr, list(pieces(req.vec, off, k)), k, req, bulk=True))
+        return frames
+
+    # -- internals -----------------------------------------------------------------------
+    def _deliver_unexpected(self, req: Request, buf: bytearray) -> None:
+        n = len(buf)
+        take = min(n, req.length)
+        if take:
+            copy_into(req.vec, memoryview(buf)[:take])
+            self.stats.payload_bytes_copied += take
+            self.stats.payload_copies += 1
+        code = StatusCode.TRUNCATED if take < n else StatusCode.SUCCESS
+        req._complete(code, n, take)
+
+    def _completed(self, req: Request) -> None:
+        if self.on_complete is not None:
+            self.on_complete(req)
+
+    def _room(self) -> None:
+        self.stats.unexpected_now = self.matcher.unexpected_count()
+        if self.on_room is not None:
+            self.on_room()
+
+
+async def _wait(self: Request, timeout: float | None = None) -> Status:
+    """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout`` s;
+    the request stays pending then (cancel it or wait again)."""
+    return await self.engine.waiter(self, timeout)
+
+
+Request.wait = _wait  # type: ignore[attr-defined]
