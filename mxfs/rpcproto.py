@@ -1,0 +1,163 @@
+"""The mxfs RPC protocol, shared by the client (mxfs/) and the I/O server (server/).
+
+How this works
+--------------
+Every exchange is a handful of mxnet messages told apart by their 64-bit match value:
+
+    match = kind << 56 | rid          kind: REQ, REPLY, RDATA, WDATA;  rid: 56-bit request id
+
+The client picks rids (unique per connection); the server filters by peer, so rids of two
+clients never meet.
+
+    REQ    client -> server   [u32 header length][msgpack header][inline write data]
+                              header = [op, arg...]. The server keeps REQ_SLOTS receives
+                              posted (match REQ<<56, mask KIND_MASK) of REQ_BUF_SIZE bytes,
+                              so a write of <= INLINE_MAX bytes travels inside the request and
+                              is written with os.pwrite(fd, memoryview-slice): no copy.
+    REPLY  server -> client   msgpack [errno, result]; errno 0 means success. The client
+                              posts this receive (peer=server) before it sends REQ.
+    RDATA  server -> client   READ data: the client posts a receive of the read size
+                              before sending REQ; the server sends mxnet.file(fd, off, n)
+                              (sendfile on the mx path) and then the REPLY carrying n.
+    WDATA  client -> server   WRITE data larger than INLINE_MAX: sent right after REQ; the
+                              server posts mxnet.file(fd, off, len) (spliced into the file).
+
+Paths are bytes, "/"-separated and relative to the export root (b"" is the root). Stats
+travel as the tuple STAT_FIELDS. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+KIND_SHIFT = 56
+KIND_MASK = 0xFF << KIND_SHIFT
+RID_MASK = (1 << KIND_SHIFT) - 1
+MASK_ALL = (1 << 64) - 1
+
+
+class Kind(enum.IntEnum):
+    REQ = 1
+    REPLY = 2
+    RDATA = 3
+    WDATA = 4
+
+
+class Op(enum.IntEnum):
+    PING = 1
+    STATFS = 2
+    GETATTR = 3
+    FGETATTR = 4
+    SETATTR = 5
+    READLINK = 6
+    MKNOD = 7
+    MKDIR = 8
+    SYMLINK = 9
+    LINK = 10
+    UNLINK = 11
+    RMDIR = 12
+    RENAME = 13
+    OPEN = 14
+    CREATE = 15
+    READ = 16
+    WRITE = 17
+    RELEASE = 18
+    FSYNC = 19
+    OPENDIR = 20
+    READDIR = 21
+    GETXATTR = 22
+    SETXATTR = 23
+    LISTXATTR = 24
+    REMOVEXATTR = 25
+    ACCESS = 26
+    STATS = 27
+
+
+EAGER_LIMIT = 32 * 1024           # mxnet sends messages up to this size eagerly
+INLINE_MAX = EAGER_LIMIT - 1024   # write data up to this size rides inside the request
+REQ_BUF_SIZE = 64 * 1024          # size of each receive the server keeps posted
+REQ_SLOTS = 32                    # how many of them
+REPLY_SMALL = 4096                # reply buffer for ordinary operations
+REPLY_LARGE = 256 * 1024          # reply buffer for READDIR / xattr / STATS
+READDIR_MAX_ENTRIES = 512
+READDIR_MAX_BYTES = 160 * 1024    # server stops a READDIR batch before this much encoded data
+MAX_READ = 16 * 1024 * 1024
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+LARGE_REPLY_OPS = frozenset({Op.READDIR, Op.GETXATTR, Op.LISTXATTR, Op.STATS, Op.READLINK})
+
+STAT_FIELDS = (
+    "st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+    "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+)
+StatTuple = Sequence[int]
+
+_HLEN = struct.Struct("<I")
+
+
+def make_match(kind: Kind, rid: int) -> int:
+    return (int(kind) << KIND_SHIFT) | (rid & RID_MASK)
+
+
+def split_match(match: int) -> tuple[int, int]:
+    return match >> KIND_SHIFT, match & RID_MASK
+
+
+def stat_tuple(st: os.stat_result) -> list[int]:
+    return [
+        st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+        st.st_size, st.st_blocks, st.st_blksize, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+    ]
+
+
+def stat_dict(t: StatTuple) -> dict[str, int]:
+    return dict(zip(STAT_FIELDS, t, strict=True))
+
+
+def encode_request(op: Op, *args: Any) -> bytes:
+    """The REQ header segment (length prefix included); inline data goes in a second segment."""
+    body = msgpack.packb([int(op), *args], use_bin_type=True)
+    return _HLEN.pack(len(body)) + body
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def decode_request(buf: memoryview) -> tuple[int, list[Any], memoryview]:
+    """Split a received REQ message into (op, args, inline-data view). No payload copy."""
+    if len(buf) < _HLEN.size:
+        raise ProtocolError("short request")
+    (hlen,) = _HLEN.unpack_from(buf)
+    end = _HLEN.size + hlen
+    if end > len(buf):
+        raise ProtocolError("request header overruns message")
+    header = msgpack.unpackb(buf[_HLEN.size:end], raw=False, use_list=True)
+    if not isinstance(header, list) or not header or not isinstance(header[0], int):
+        raise ProtocolError("malformed request header")
+    return header[0], header[1:], buf[end:]
+
+
+def encode_reply(err: int, result: Any = None) -> bytes:
+    return msgpack.packb([err, result], use_bin_type=True)
+
+
+def decode_reply(buf: memoryview | bytes) -> tuple[int, Any]:
+    reply = msgpack.unpackb(buf, raw=False, use_list=True)
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
+        raise ProtocolError("malformed reply")
+    return reply[0], reply[1]
+
+
+def join_path(parent: bytes, name: bytes) -> bytes:
+    return name if not parent else parent + b"/" + name
