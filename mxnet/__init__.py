@@ -15,12 +15,12 @@ Segments (a message is a vector of up to 256 of them):
     mxnet.file(fd, offset, length)     a range of a file's page cache (sendfile out, splice in)
 """
 
-from .errors import ConnectError, MatchError, MxError, RegistrationError, Timeout
-from .segments import MAX_SEGMENTS, Segment, file, pages, user
-from .status import Status, StatusCode
 from .config import Config
 from .endpoint import Endpoint, Peer, Request, open_endpoint
+from .errors import ConnectError, MatchError, MxError, RegistrationError, Timeout
 from .matching import MASK_ALL
+from .segments import MAX_SEGMENTS, Segment, file, pages, user
+from .status import Status, StatusCode
 
 __all__ = [
     "MASK_ALL", "MAX_SEGMENTS", "Config", "ConnectError", "Endpoint", "MatchError", "MxError",

@@ -20,6 +20,7 @@ shell does not care which.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -56,9 +57,10 @@ class Endpoint:
         self.config = config
         self.stats = Statistics(transport=transport)
         if transport == "gm":
-            from .gm import GMEngine
+            from .gm_engine import GMEngine
 
             self.engine: Any = GMEngine(config, self.stats)
+            self.engine.emit = self._emit
         else:
             self.engine = Engine(config, self.stats)
         self.engine.on_complete = self._on_complete
@@ -153,6 +155,31 @@ class Endpoint:
 
     async def disconnect(self, peer: Peer) -> None:
         self._lose(peer, "closed locally")
+
+    # -- the raw GM API (transport="gm" only) --------------------------------------------
+    def _gm(self) -> Any:
+        if self.transport != "gm":
+            raise MxError("the raw GM API exists only on transport='gm' endpoints")
+        return self.engine
+
+    def register(self, buffer: Any) -> Any:
+        """GM: pin and register memory (mlock + registration table). Returns a Region."""
+        return self._gm().register(buffer)
+
+    def deregister(self, region: Any) -> None:
+        self._gm().deregister(region)
+
+    def provide_receive_buffer(self, region: Any, size_class: int) -> Request:
+        """GM: pre-post a registered buffer for one message of ``size_class`` (2**k bytes).
+        The returned request completes when a message lands in it."""
+        req = self._gm().provide_receive_buffer(region, size_class)
+        return req
+
+    def gm_send(self, peer: Peer, region: Any, offset: int, length: int) -> Request:
+        """GM: send one contiguous range of a registered region (uses a send token)."""
+        req, frames = self._gm().gm_send(peer, region, offset, length)
+        self._emit(peer, frames)
+        return req
 
     # -- the engine side -----------------------------------------------------------------
     def _send(self, peer: Peer, segments: Any, match: int, sync: bool) -> Request:
@@ -315,8 +342,8 @@ class Endpoint:
             peer.blocked = False
 
     async def _keepalive(self, peer: Peer) -> None:
-        from .wire import Header, PacketType
         from .protocol import OutFrame
+        from .wire import Header, PacketType
 
         ping = Header(PacketType.PING).pack()
         interval = self.config.keepalive
@@ -462,7 +489,7 @@ async def _connect_tcp(host: str, port: int) -> socket.socket:
                 await trio.lowlevel.wait_writable(sock)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
-                    raise OSError(err, __import__("os").strerror(err))
+                    raise OSError(err, os.strerror(err)) from None
             return sock
         except OSError as e:
             sock.close()

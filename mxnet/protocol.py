@@ -111,6 +111,7 @@ class OutFrame:
     length: int = 0
     request: Request | None = None  # completes when this frame is on the wire (eager sends)
     bulk: bool = False
+    region: Any = None  # gm: the registered bounce buffer to recycle once sent
 
 
 @dataclass(slots=True)
