@@ -1,0 +1,478 @@
+"""The pyfuse3 Operations of mxfs: kernel requests -> RPCs to the I/O server.
+
+How this works
+--------------
+Inodes map to server paths through the InodeTable; open files and directories map to server
+handles tagged with the connection epoch they were opened in. After a reconnection a handle of
+an older epoch is reopened (same path, same flags less O_CREAT/O_EXCL/O_TRUNC) on first use.
+
+Consistency: every EntryAttributes carries the short attr/entry timeouts of the mount options.
+Writes are synchronous (no writeback cache: the data is at the server when write() returns),
+so close-to-open holds for readers elsewhere. On open the file's fresh size/mtime come back
+with the handle; the page cache is dropped (keep_cache=False) and, if they changed, the
+kernel's cached attributes are invalidated so the new size is seen at once.
+
+Every handler goes through `_guard`: whatever goes wrong becomes a FUSEError, because any other
+exception escaping a handler would end pyfuse3.main and the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError
+
+from .inodes import ROOT_INODE, InodeTable, StaleInode
+from .options import MountOptions
+from .rpc import RpcClient, RpcError, StaleEpoch
+from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
+
+log = logging.getLogger("mxfs")
+
+STATS_XATTR = b"user.mxfs.stats"
+_REOPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _guard(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except FUSEError:
+            raise
+        except StaleEpoch:
+            raise FUSEError(errno.EIO) from None
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class OpenFile:
+    ino: int
+    flags: int
+    hid: int
+    epoch: int
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+@dataclass
+class OpenDir:
+    ino: int
+    hid: int
+    epoch: int
+    # entries fetched but not yet taken by the kernel: (own offset, name, next offset, stat)
+    buffered: list[tuple[int, bytes, int, StatTuple]] = field(default_factory=list)
+    eof_after_buffer: bool = False
+
+
+class MxfsOperations(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, rpc: RpcClient, opts: MountOptions) -> None:
+        super().__init__()
+        self.rpc = rpc
+        self.opts = opts
+        self.inodes = InodeTable()
+        self.files: dict[int, OpenFile] = {}
+        self.dirs: dict[int, OpenDir] = {}
+        self._fh = itertools.count(1)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _entry(self, ino: int, st: StatTuple) -> EntryAttributes:
+        e = EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.opts.entry_timeout
+        e.attr_timeout = self.opts.attr_timeout
+        (_, _, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size, e.st_blocks,
+         e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns) = st
+        node = self.inodes._inodes.get(ino)
+        if node is not None:
+            node.size, node.mtime_ns = st[7], st[11]
+        return e
+
+    def _learn(self, parent: int, name: bytes, st: StatTuple) -> EntryAttributes:
+        ino = self.inodes.lookup(parent, name, (st[0], st[1]))
+        return self._entry(ino, st)
+
+    def _path(self, ino: int) -> bytes:
+        try:
+            return self.inodes.path(ino)
+        except StaleInode:
+            raise FUSEError(errno.ENOENT) from None
+
+    def _child(self, parent: int, name: bytes) -> bytes:
+        if name in (b".", b"..") or b"/" in name:
+            raise FUSEError(errno.EINVAL)
+        try:
+            return self.inodes.child_path(parent, name)
+        except StaleInode:
+            raise FUSEError(errno.ENOENT) from None
+
+    async def _with_file(self, f: OpenFile, op: Op, *args: Any, **kw: Any) -> Any:
+        """Call *op* with the file's server handle first, reopening it after a reconnect."""
+        for _ in range(3):
+            if f.epoch != self.rpc.epoch:
+                await self._reopen(f)
+            try:
+                return await self.rpc.call(op, f.hid, *args, epoch=f.epoch, **kw)
+            except StaleEpoch:
+                continue
+        raise FUSEError(errno.EIO)
+
+    async def _reopen(self, f: OpenFile) -> None:
+        async with f.lock:
+            if f.epoch == self.rpc.epoch:
+                return
+            epoch = self.rpc.epoch
+            path = self._path(f.ino)
+            hid, _ = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP)
+            f.hid, f.epoch = hid, epoch
+            log.info("reopened %r after reconnect", path)
+
+    async def _fresh_handle(self, f: OpenFile) -> tuple[int, int]:
+        if f.epoch != self.rpc.epoch:
+            await self._reopen(f)
+        return f.hid, f.epoch
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def prime(self) -> None:
+        """Check the export answers and learn its root (before mounting)."""
+        st = await self.rpc.call(Op.GETATTR, b"")
+        if not stat.S_ISDIR(st[2]):
+            raise RpcError(errno.ENOTDIR, "export root is not a directory")
+        self.inodes.set_root_key((st[0], st[1]))
+
+    # -- metadata ------------------------------------------------------------------------------
+    @_guard
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
+        if name == b".":
+            st = await self.rpc.call(Op.GETATTR, self._path(parent_inode))
+            self.inodes.get(parent_inode).nlookup += 1
+            return self._entry(parent_inode, st)
+        if name == b"..":
+            node = self.inodes.get(parent_inode)
+            target = node.parent if node.parent else ROOT_INODE
+            st = await self.rpc.call(Op.GETATTR, self._path(target))
+            self.inodes.get(target).nlookup += 1
+            return self._entry(target, st)
+        st = await self.rpc.call(Op.GETATTR, self._child(parent_inode, name))
+        return self._learn(parent_inode, name, st)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                self.inodes.forget(ino, n)
+            except Exception:  # forget has no reply; never let it raise
+                log.exception("forget")
+
+    @_guard
+    async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        node = self.inodes.get(inode)
+        for fh in list(node.handles):
+            f = self.files.get(fh)
+            if f is not None and f.epoch == self.rpc.epoch:
+                try:
+                    st = await self.rpc.call(Op.FGETATTR, f.hid, epoch=f.epoch)
+                    return self._entry(inode, st)
+                except StaleEpoch:
+                    break
+        st = await self.rpc.call(Op.GETATTR, self._path(inode))
+        return self._entry(inode, st)
+
+    @_guard
+    async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
+                      ctx: Any) -> EntryAttributes:
+        args = [
+            attr.st_mode if fields.update_mode else None,
+            attr.st_uid if fields.update_uid else None,
+            attr.st_gid if fields.update_gid else None,
+            attr.st_size if fields.update_size else None,
+            attr.st_atime_ns if fields.update_atime else None,
+            attr.st_mtime_ns if fields.update_mtime else None,
+        ]
+        f = self.files.get(fh) if fh is not None else None
+        if f is not None:
+            st = await self._with_file_setattr(f, args)
+        else:
+            st = await self.rpc.call(Op.SETATTR, self._path(inode), None, *args)
+        return self._entry(inode, st)
+
+    async def _with_file_setattr(self, f: OpenFile, args: list[Any]) -> StatTuple:
+        for _ in range(3):
+            hid, epoch = await self._fresh_handle(f)
+            try:
+                return await self.rpc.call(Op.SETATTR, b"", hid, *args, epoch=epoch)
+            except StaleEpoch:
+                continue
+        raise FUSEError(errno.EIO)
+
+    @_guard
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self.rpc.call(Op.READLINK, self._path(inode))
+
+    @_guard
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> EntryAttributes:
+        st = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
+                                 ctx.uid, ctx.gid)
+        return self._learn(parent_inode, name, st)
+
+    @_guard
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
+        st = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode, ctx.uid, ctx.gid)
+        return self._learn(parent_inode, name, st)
+
+    @_guard
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: Any) -> EntryAttributes:
+        st = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
+                                 ctx.uid, ctx.gid)
+        return self._learn(parent_inode, name, st)
+
+    @_guard
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: Any) -> EntryAttributes:
+        st = await self.rpc.call(Op.LINK, self._path(inode), self._child(new_parent_inode, new_name))
+        return self._learn(new_parent_inode, new_name, st)
+
+    @_guard
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
+        self.inodes.removed(parent_inode, name)
+
+    @_guard
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.rpc.call(Op.RMDIR, self._child(parent_inode, name))
+        self.inodes.removed(parent_inode, name)
+
+    @_guard
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        wire = 0
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            wire |= RENAME_NOREPLACE
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            wire |= RENAME_EXCHANGE
+        await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
+                            self._child(parent_inode_new, name_new), wire)
+        self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
+                            exchange=bool(wire & RENAME_EXCHANGE))
+
+    @_guard
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        r = await self.rpc.call(Op.STATFS)
+        s = pyfuse3.StatvfsData()
+        (s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
+         s.f_favail, s.f_namemax) = r
+        return s
+
+    @_guard
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        await self.rpc.call(Op.ACCESS, self._path(inode), mode)
+        return True
+
+    # -- files ---------------------------------------------------------------------------------
+    def _opened(self, ino: int, flags: int, hid: int, st: StatTuple) -> FileInfo:
+        node = self.inodes.get(ino)
+        if (node.size, node.mtime_ns) != (st[7], st[11]):
+            try:  # the file changed elsewhere: make the kernel fetch fresh attributes (size)
+                pyfuse3.invalidate_inode(ino, attr_only=True)
+            except OSError:
+                pass
+            node.size, node.mtime_ns = st[7], st[11]
+        fh = next(self._fh)
+        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch)
+        self.inodes.opened(ino, fh)
+        return FileInfo(fh=fh, keep_cache=False)
+
+    @_guard
+    async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
+        hid, st = await self.rpc.call(Op.OPEN, self._path(inode), flags)
+        return self._opened(inode, flags, hid, st)
+
+    @_guard
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[FileInfo, EntryAttributes]:
+        hid, st = await self.rpc.call(Op.CREATE, self._child(parent_inode, name), flags, mode,
+                                      ctx.uid, ctx.gid)
+        entry = self._learn(parent_inode, name, st)
+        return self._opened(entry.st_ino, flags, hid, st), entry
+
+    @_guard
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        f = self._file(fh)
+        for _ in range(3):
+            hid, epoch = await self._fresh_handle(f)
+            try:
+                return await self.rpc.read(hid, off, size, epoch=epoch)
+            except StaleEpoch:
+                continue
+        raise FUSEError(errno.EIO)
+
+    @_guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self._file(fh)
+        for _ in range(3):
+            hid, epoch = await self._fresh_handle(f)
+            try:
+                return await self.rpc.write(hid, off, buf, epoch=epoch)
+            except StaleEpoch:
+                continue
+        raise FUSEError(errno.EIO)
+
+    def _file(self, fh: int) -> OpenFile:
+        f = self.files.get(fh)
+        if f is None:
+            raise FUSEError(errno.EBADF)
+        return f
+
+    @_guard
+    async def flush(self, fh: int) -> None:
+        self._file(fh)  # writes are synchronous: nothing is buffered here
+
+    @_guard
+    async def release(self, fh: int) -> None:
+        f = self.files.pop(fh, None)
+        if f is None:
+            return
+        self.inodes.closed(f.ino, fh)
+        if f.epoch == self.rpc.epoch and self.rpc.peer is not None:
+            try:
+                await self.rpc.call(Op.RELEASE, f.hid, epoch=f.epoch)
+            except (RpcError, StaleEpoch):
+                pass  # the server drops handles of lost clients by itself
+
+    @_guard
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._with_file(self._file(fh), Op.FSYNC, bool(datasync))
+
+    # -- directories ---------------------------------------------------------------------------
+    @_guard
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        hid = await self.rpc.call(Op.OPENDIR, self._path(inode))
+        fh = next(self._fh)
+        self.dirs[fh] = OpenDir(inode, hid, self.rpc.epoch)
+        return fh
+
+    async def _dir_call(self, d: OpenDir, op: Op, *args: Any) -> Any:
+        for _ in range(3):
+            if d.epoch != self.rpc.epoch:
+                epoch = self.rpc.epoch
+                d.hid = await self.rpc.call(Op.OPENDIR, self._path(d.ino))
+                d.epoch = epoch
+            try:
+                return await self.rpc.call(op, d.hid, *args, epoch=d.epoch)
+            except StaleEpoch:
+                continue
+        raise FUSEError(errno.EIO)
+
+    @_guard
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        d = self.dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        if not d.buffered or d.buffered[0][0] != start_id:
+            d.buffered = [e for e in d.buffered if e[0] >= start_id]
+            if not d.buffered or d.buffered[0][0] != start_id:
+                d.buffered, d.eof_after_buffer = [], False
+        while True:
+            if not d.buffered:
+                if d.eof_after_buffer:
+                    return
+                entries, eof = await self._dir_call(d, Op.READDIR, start_id)
+                own = start_id
+                for name, nxt, st in entries:
+                    d.buffered.append((own, name, nxt, st))
+                    own = nxt
+                d.eof_after_buffer = bool(eof)
+                if not d.buffered:
+                    return
+            while d.buffered:
+                own, name, nxt, st = d.buffered[0]
+                entry = self._learn(d.ino, name, st)
+                if not pyfuse3.readdir_reply(token, name, entry, nxt):
+                    self.inodes.forget(entry.st_ino, 1)
+                    return
+                d.buffered.pop(0)
+                start_id = nxt
+            if d.eof_after_buffer:
+                return
+
+    @_guard
+    async def releasedir(self, fh: int) -> None:
+        d = self.dirs.pop(fh, None)
+        if d is not None and d.epoch == self.rpc.epoch and self.rpc.peer is not None:
+            try:
+                await self.rpc.call(Op.RELEASE, d.hid, epoch=d.epoch)
+            except (RpcError, StaleEpoch):
+                pass
+
+    @_guard
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        d = self.dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        await self._dir_call(d, Op.FSYNC, bool(datasync))
+
+    # -- extended attributes -------------------------------------------------------------------
+    @_guard
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if inode == ROOT_INODE and name == STATS_XATTR:
+            return (await self.stats_json()).encode()
+        try:
+            return await self.rpc.call(Op.GETXATTR, self._path(inode), name)
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @_guard
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if inode == ROOT_INODE and name == STATS_XATTR:
+            raise FUSEError(errno.EPERM)
+        await self.rpc.call(Op.SETXATTR, self._path(inode), name, value, 0)
+
+    @_guard
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return await self.rpc.call(Op.LISTXATTR, self._path(inode))
+
+    @_guard
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        try:
+            await self.rpc.call(Op.REMOVEXATTR, self._path(inode), name)
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    async def stats_json(self) -> str:
+        out: dict[str, Any] = {
+            "server": f"{self.opts.host}:{self.rpc.port}",
+            "transport": self.rpc.transport,
+            "client": self.rpc.statistics(),
+            "open_files": len(self.files),
+            "inodes": len(self.inodes),
+        }
+        try:
+            out["server_side"] = await self.rpc.call(Op.STATS)
+        except (RpcError, StaleEpoch) as e:
+            out["server_side"] = {"error": str(e)}
+        return json.dumps(out, sort_keys=True, default=str)

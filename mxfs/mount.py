@@ -1,0 +1,123 @@
+"""Running a mount: connect, mount with pyfuse3, tune the bdi, serve until unmounted.
+
+`run_mount(opts, ready)` is what the (daemonized or foreground) mount process runs; `ready` is
+called with None once the mount is usable, or with an error line if it could not be set up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+import mxnet
+
+from .fs import MxfsOperations
+from .options import MountOptions, OptionError
+from .rpc import RpcError, open_client
+
+log = logging.getLogger("mxfs")
+
+READ_AHEAD_KB = 1024
+
+
+class MountError(Exception):
+    pass
+
+
+def _unescape(s: str) -> str:
+    return s.encode().decode("unicode_escape") if "\\" in s else s
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """'major:minor' of the file system mounted at *mountpoint*, from /proc/self/mountinfo
+    (no stat() of the mount point: that would ask our own, not yet serving, file system)."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    found = fields[2]
+    except OSError:
+        return None
+    return found
+
+
+def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
+    dev = mount_device(mountpoint)
+    if dev is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError as e:
+        log.info("could not raise read_ahead_kb of %s: %s", dev, e)
+        return False
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    out = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    out.add(f"fsname={opts.host}:{opts.port}")
+    out.add("subtype=mxfs")
+    if opts.ro:
+        out.add("ro")
+    if opts.allow_other:
+        out.add("allow_other")
+    return out
+
+
+async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> None:
+    try:
+        key = opts.read_secret()
+    except OptionError as e:
+        ready(str(e))
+        return
+    if not os.path.isdir(opts.mountpoint):
+        ready(f"mount point {opts.mountpoint} is not a directory")
+        return
+    try:
+        async with open_client(opts.host, opts.port, key=key, transport=opts.transport,
+                               timeout=opts.timeout) as rpc:
+            ops = MxfsOperations(rpc, opts)
+            try:
+                await ops.prime()
+            except RpcError as e:
+                ready(f"server {opts.server} answered badly: {e.strerror}")
+                return
+            try:
+                pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
+            except RuntimeError as e:
+                ready(f"cannot mount on {opts.mountpoint}: {e}")
+                return
+            try:
+                raise_read_ahead(opts.mountpoint)
+                ready(None)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+
+                    async def fuse_main() -> None:
+                        await pyfuse3.main(max_tasks=128)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(fuse_main)
+            finally:
+                pyfuse3.close(unmount=True)
+    except mxnet.ConnectError as e:
+        ready(f"cannot connect to {opts.server}: {e}")
+    except OSError as e:
+        ready(f"{opts.server}: {e.strerror or e}")
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("signal received: unmounting")
+            scope.cancel()
+            return

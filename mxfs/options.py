@@ -1,0 +1,119 @@
+"""Mount options: parsing `HOST:PORT` and `-o a,b=c` into a MountOptions value (pure)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_SECRET_FILES = ("/etc/mxfs/secret",)
+
+# Options mount(8) hands to helpers; accepted and ignored (or mapped) so `mount -t fuse.mxfs` works.
+_IGNORED = frozenset({
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+    "strictatime", "nodiratime", "diratime", "async", "sync", "loud", "silent", "x-systemd.automount",
+})
+
+
+class OptionError(ValueError):
+    pass
+
+
+@dataclass
+class MountOptions:
+    host: str
+    port: int
+    mountpoint: str
+    transport: str = "mx"
+    secret_file: str | None = None
+    ro: bool = False
+    allow_other: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    timeout: float = 10.0
+    foreground: bool = False
+    debug: bool = False
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def read_secret(self) -> bytes:
+        candidates = [self.secret_file] if self.secret_file else [
+            os.environ.get("MXFS_SECRET_FILE", ""), *DEFAULT_SECRET_FILES]
+        for path in candidates:
+            if not path:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    key = f.read().strip()
+            except OSError as e:
+                if self.secret_file:
+                    raise OptionError(f"cannot read secret file {path}: {e.strerror}") from None
+                continue
+            if not key:
+                raise OptionError(f"secret file {path} is empty")
+            return key
+        raise OptionError("no secret: give -o secret_file=FILE (or set MXFS_SECRET_FILE)")
+
+
+def parse_address(spec: str) -> tuple[str, int]:
+    """'host:port', '[v6]:port' -> (host, port)."""
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise OptionError(f"bad server address {spec!r} (want HOST:PORT)")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = spec.rpartition(":")
+        if not sep:
+            raise OptionError(f"bad server address {spec!r} (want HOST:PORT)")
+    if not host:
+        raise OptionError(f"bad server address {spec!r}: no host")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise OptionError(f"bad port in {spec!r}") from None
+    if not 0 < port < 65536:
+        raise OptionError(f"port out of range in {spec!r}")
+    return host, port
+
+
+def _positive(name: str, value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise OptionError(f"option {name} wants a number, not {value!r}") from None
+    if v < 0 or (name == "timeout" and v == 0):
+        raise OptionError(f"option {name} must be positive")
+    return v
+
+
+def parse_options(server: str, mountpoint: str, opts: list[str], *,
+                  foreground: bool = False) -> MountOptions:
+    """Build MountOptions from the server spec, the mount point and every -o string given."""
+    host, port = parse_address(server)
+    mo = MountOptions(host=host, port=port, mountpoint=mountpoint, foreground=foreground)
+    for chunk in opts:
+        for item in chunk.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, eq, value = item.partition("=")
+            if name == "transport":
+                if value not in ("mx", "gm"):
+                    raise OptionError(f"transport must be mx or gm, not {value!r}")
+                mo.transport = value
+            elif name == "secret_file":
+                if not value:
+                    raise OptionError("secret_file wants a file name")
+                mo.secret_file = value
+            elif name in ("ro", "allow_other", "debug") and not eq:
+                setattr(mo, name, True)
+            elif name in ("attr_timeout", "entry_timeout", "timeout") and eq:
+                setattr(mo, name, _positive(name, value))
+            elif name in _IGNORED or name.startswith("x-"):
+                continue
+            else:
+                raise OptionError(f"unknown mount option {item!r}")
+    return mo

@@ -1,0 +1,222 @@
+"""RPC client of mxfs over mxnet: many requests in flight, bounded waits, reconnection.
+
+How this works
+--------------
+Every call takes a fresh request id and posts its receives (REPLY, and RDATA for a read)
+*before* the request goes out, so replies land straight in their buffers; mxnet's matching on
+(kind, rid) and the peer does the multiplexing, there is no dispatcher task. A call waits at
+most `timeout` seconds in total (including waiting for a connection), then fails with EIO
+and cancels its receives. A late reply or read data for a request nobody waits for any more
+is swallowed by the unexpected-message handler (a zero-length receive), so it cannot pile up.
+
+When the server connection is lost, pending calls fail with EIO, `epoch` is bumped once the
+background task has reconnected, and server handles of older epochs are known to be gone:
+callers pass `epoch=` with handle-based calls and get StaleEpoch to reopen first.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+import mxnet
+
+from .rpcproto import (
+    INLINE_MAX,
+    LARGE_REPLY_OPS,
+    MASK_ALL,
+    REPLY_LARGE,
+    REPLY_SMALL,
+    Kind,
+    Op,
+    ProtocolError,
+    decode_reply,
+    encode_request,
+    make_match,
+    split_match,
+)
+
+log = logging.getLogger("mxfs.rpc")
+
+
+class RpcError(OSError):
+    """A call failed; .errno says how (EIO for transport trouble)."""
+
+    def __init__(self, err: int, what: str = "") -> None:
+        super().__init__(err, what or errno.errorcode.get(err, str(err)))
+
+
+class StaleEpoch(Exception):
+    """The handle belongs to a connection that is gone: reopen, then retry."""
+
+
+class RpcClient:
+    def __init__(self, ep: Any, host: str, port: int, *, timeout: float = 10.0,
+                 transport: str = "mx") -> None:
+        self.ep = ep
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.transport = transport
+        self.peer: Any = None
+        self.epoch = 0
+        self.reconnects = 0
+        self._rids = itertools.count(1)
+        self._pending: set[int] = set()
+        self._connected = trio.Event()
+        self._lost = trio.Event()
+        ep.on_peer_lost(self._on_peer_lost)
+        ep.set_unexpected_handler(self._on_unexpected)
+
+    # -- connection ----------------------------------------------------------------------------
+    async def connect(self, timeout: float | None = None) -> None:
+        t = self.timeout if timeout is None else timeout
+        try:
+            peer = await self.ep.connect(self.host, self.port, timeout=t)
+        except mxnet.ConnectError as e:
+            # a server serving both transports listens for gm one port above mx
+            if self.transport != "gm" or "transport mismatch" not in str(e):
+                raise
+            peer = await self.ep.connect(self.host, self.port + 1, timeout=t)
+            self.port += 1
+        self.peer = peer
+        self.epoch += 1
+        self._connected.set()
+        log.info("connected to %s:%d (epoch %d)", self.host, self.port, self.epoch)
+
+    def _on_peer_lost(self, peer: Any) -> None:
+        if peer is self.peer:
+            log.warning("lost the server %s:%d", self.host, self.port)
+            self.peer = None
+            self._connected = trio.Event()
+            self._lost.set()
+
+    async def reconnector(self) -> None:
+        """Background task: whenever the server is lost, connect again until it answers."""
+        while True:
+            await self._lost.wait()
+            self._lost = trio.Event()
+            delay = 0.2
+            while self.peer is None:
+                try:
+                    await self.connect(timeout=min(self.timeout, 5.0))
+                    self.reconnects += 1
+                except mxnet.ConnectError as e:
+                    log.debug("reconnect failed: %s", e)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    def _on_unexpected(self, status: Any) -> None:
+        kind, rid = split_match(status.match)
+        if kind in (Kind.REPLY, Kind.RDATA) and rid not in self._pending:
+            # a late answer to a call that gave up: take it and drop it
+            self.ep.irecv([mxnet.user(bytearray(0))], status.match, MASK_ALL, peer=status.source)
+
+    async def _wait_peer(self, deadline: float) -> Any:
+        if self.peer is not None:
+            return self.peer
+        with trio.move_on_at(deadline):
+            await self._connected.wait()
+        if self.peer is None:
+            raise RpcError(errno.EIO, "server unreachable")
+        return self.peer
+
+    # -- calls ---------------------------------------------------------------------------------
+    async def call(self, op: Op, *args: Any, epoch: int | None = None, inline: Any = None,
+                   wdata: Any = None, rbuf: Any = None) -> Any:
+        """Send one request and return its result; raise RpcError(errno) on failure."""
+        deadline = trio.current_time() + self.timeout
+        peer = await self._wait_peer(deadline)
+        if epoch is not None and epoch != self.epoch:
+            raise StaleEpoch()
+        rid = next(self._rids)
+        ep = self.ep
+        reply_buf = bytearray(REPLY_LARGE if op in LARGE_REPLY_OPS else REPLY_SMALL)
+        posted: list[Any] = []
+        self._pending.add(rid)
+        try:
+            rx = ep.irecv([mxnet.user(reply_buf)], make_match(Kind.REPLY, rid), MASK_ALL,
+                          peer=peer)
+            posted.append(rx)
+            rd = None
+            if rbuf is not None:
+                rd = ep.irecv([mxnet.user(rbuf)], make_match(Kind.RDATA, rid), MASK_ALL,
+                              peer=peer)
+                posted.append(rd)
+            segs = [mxnet.user(encode_request(op, *args))]
+            if inline is not None and len(inline):
+                segs.append(mxnet.user(inline))
+            # sends need no wait: their segments stay referenced by the requests, a lost peer
+            # fails the reply receive too, and the reply comes only after all WDATA arrived
+            ep.isend(peer, segs, make_match(Kind.REQ, rid))
+            if wdata is not None:
+                ep.isend(peer, [mxnet.user(wdata)], make_match(Kind.WDATA, rid))
+            st = await self._wait(rx, deadline)
+            if not st.ok:
+                raise RpcError(errno.EIO, f"reply {st.code.name}")
+            err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
+            if err:
+                raise RpcError(err)
+            if rd is not None:
+                if result:
+                    s = await self._wait(rd, deadline)
+                    if not s.ok:
+                        raise RpcError(errno.EIO, f"read data {s.code.name}")
+                    result = min(result, s.xfer_length)
+            return result
+        except ProtocolError as e:
+            raise RpcError(errno.EIO, f"protocol error: {e}") from None
+        finally:
+            self._pending.discard(rid)
+            for req in posted:
+                if not req.done:
+                    req.cancel()
+
+    async def _wait(self, req: Any, deadline: float) -> Any:
+        remaining = deadline - trio.current_time()
+        try:
+            return await req.wait(timeout=max(remaining, 0.001))
+        except mxnet.Timeout:
+            log.warning("request timed out after %.1f s", self.timeout)
+            raise RpcError(errno.EIO, "timed out") from None
+
+    async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
+        """Read into a fresh buffer (zero copy on the mx path); returns a view of what came."""
+        buf = bytearray(size)
+        n = await self.call(Op.READ, hid, off, size, epoch=epoch, rbuf=buf)
+        return memoryview(buf)[:n]
+
+    async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> int:
+        n = len(data)
+        if n <= INLINE_MAX:
+            return await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
+        return await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
+
+    def statistics(self) -> dict[str, Any]:
+        d = dict(self.ep.statistics().as_dict())
+        d["epoch"] = self.epoch
+        d["reconnects"] = self.reconnects
+        d["connected"] = self.peer is not None
+        return d
+
+
+@asynccontextmanager
+async def open_client(host: str, port: int, *, key: bytes, transport: str = "mx",
+                      timeout: float = 10.0) -> AsyncIterator[RpcClient]:
+    """Connect to an mxfs server (raises mxnet.ConnectError if it cannot) and keep connected."""
+    async with mxnet.open_endpoint(None, 0, key=key, transport=transport, listen=False) as ep:
+        client = RpcClient(ep, host, port, timeout=timeout, transport=transport)
+        await client.connect(timeout=min(timeout, 10.0) if math.isfinite(timeout) else 10.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.reconnector)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
