@@ -169,6 +169,10 @@ class Engine:
             doomed += list(st.eager_inflight)
             if st.current is not None and isinstance(st.current[1], Request):
                 doomed.append(st.current[1])
+            elif st.current is not None and isinstance(st.current[1], _UnexpectedEager):
+                taker = st.current[1].taker  # took the message while it was still arriving
+                if taker is not None:
+                    doomed.append(taker)
         for req in doomed:
             req._complete(StatusCode.PEER_LOST, req.msg_length, req.received)
         self._room()
