@@ -93,6 +93,10 @@ class MxfsOperations(pyfuse3.Operations):
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, OpenDir] = {}
         self._fh = itertools.count(1)
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # -- helpers -------------------------------------------------------------------------------
     def _entry(self, ino: int, st: StatTuple) -> EntryAttributes:

@@ -97,8 +97,6 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
                 ready(f"cannot mount on {opts.mountpoint}: {e}")
                 return
             try:
-                raise_read_ahead(opts.mountpoint)
-                ready(None)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
 
@@ -107,6 +105,12 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(fuse_main)
+                    # the kernel caps read-ahead while it handles FUSE_INIT: raise it after
+                    with trio.move_on_after(5):
+                        await ops.initialized.wait()
+                    await trio.sleep(0.02)
+                    raise_read_ahead(opts.mountpoint)
+                    ready(None)
             finally:
                 pyfuse3.close(unmount=True)
     except mxnet.ConnectError as e:

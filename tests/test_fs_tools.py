@@ -1,0 +1,254 @@
+"""End to end: standard tools on a real mxfs mount, on both transports, same results."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from conftest_fs import ROOT, cluster, needs_fuse, sh
+
+pytestmark = [needs_fuse, pytest.mark.fuse]
+
+SRC = ROOT / "mxnet"  # a real source tree to copy around
+
+
+@pytest.fixture(scope="module", params=["mx", "gm"])
+def fsenv(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"tools-{request.param}")
+    with cluster(tmp, request.param) as (server, mounts):
+        yield server, mounts[0], tmp
+
+
+def test_cp_tree_diff(fsenv):
+    server, m, tmp = fsenv
+    sh(f"cp -a {SRC} {m.mnt}/tree")
+    sh(f"diff -r {SRC} {m.mnt}/tree")
+    sh(f"diff -r {SRC} {server.export}/tree")
+    out = sh(f"ls -lR {m.mnt}/tree").stdout
+    assert "endpoint.py" in out
+    n_src = int(sh(f"find {SRC} | wc -l").stdout)
+    assert int(sh(f"find {m.mnt}/tree | wc -l").stdout) == n_src
+    assert int(sh(f"du -s {m.mnt}/tree").stdout.split()[0]) > 0
+
+
+def test_tar_roundtrip(fsenv):
+    server, m, tmp = fsenv
+    sh(f"tar cf {tmp}/src.tar -C {ROOT} mxnet server")
+    (m.mnt / "untar").mkdir()
+    sh(f"tar xf {tmp}/src.tar -C {m.mnt}/untar")
+    sh(f"diff -r {ROOT}/server {m.mnt}/untar/server")
+    sh(f"tar cf {tmp}/back.tar -C {m.mnt}/untar mxnet")
+    sh(f"mkdir -p {tmp}/back && tar xf {tmp}/back.tar -C {tmp}/back && diff -r {SRC} {tmp}/back/mxnet")
+
+
+def test_rsync(fsenv):
+    server, m, tmp = fsenv
+    if not shutil.which("rsync"):
+        pytest.skip("rsync not installed")
+    sh(f"rsync -a {SRC}/ {m.mnt}/rs/")
+    sh(f"diff -r {SRC} {m.mnt}/rs")
+    r = sh(f"rsync -ai {SRC}/ {m.mnt}/rs/").stdout  # nothing to do the second time
+    assert r.strip() == ""
+
+
+def test_git(fsenv):
+    server, m, tmp = fsenv
+    g = "git -c user.email=t@e -c user.name=t -c init.defaultBranch=main"
+    repo = m.mnt / "repo"
+    repo.mkdir()
+    sh(f"cp -a {ROOT}/server {repo}/")
+    sh(f"{g} init -q && {g} add . && {g} commit -qm first", cwd=repo)
+    (repo / "new.txt").write_text("more\n")
+    sh(f"{g} add new.txt && {g} commit -qm second", cwd=repo)
+    sh(f"{g} clone -q {repo} {m.mnt}/clone")
+    assert (m.mnt / "clone" / "new.txt").read_text() == "more\n"
+    assert sh(f"{g} log --oneline", cwd=m.mnt / "clone").stdout.count("\n") == 2
+    sh(f"{g} fsck --no-progress", cwd=repo)
+
+
+def test_sqlite(fsenv):
+    server, m, tmp = fsenv
+    if not shutil.which("sqlite3"):
+        pytest.skip("sqlite3 not installed")
+    db = m.mnt / "db.sqlite"
+    sh(f"sqlite3 {db} 'create table t(a integer, b text);'")
+    sql = "begin;" + "".join(f"insert into t values ({i}, 'row{i}');" for i in range(500)) + "commit;"
+    sh(f"sqlite3 {db} \"{sql}\"")
+    out = sh(f"sqlite3 {db} 'select count(*), sum(a) from t; pragma integrity_check;'").stdout
+    assert out.split() == ["500|124750", "ok"]
+
+
+@pytest.mark.parametrize("bs,count", [("4k", 600), ("4M", 6)])
+def test_dd_checksums(fsenv, bs, count):
+    server, m, tmp = fsenv
+    src = tmp / f"rand-{bs}"
+    sh(f"dd if=/dev/urandom of={src} bs={bs} count={count} status=none")
+    dst = m.mnt / f"dd-{bs}"
+    sh(f"dd if={src} of={dst} bs={bs} status=none")
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert hashlib.sha256((server.export / dst.name).read_bytes()).hexdigest() == want
+    sh("echo 3 > /proc/sys/vm/drop_caches", check=False)
+    got = sh(f"dd if={dst} bs={bs} status=none | sha256sum").stdout.split()[0]
+    assert got == want
+
+
+def test_redirections_and_mv(fsenv):
+    server, m, tmp = fsenv
+    f = m.mnt / "log.txt"
+    sh(f"echo one > {f}")
+    sh(f"echo two >> {f}")
+    sh(f"echo three >> {f}")
+    assert f.read_text() == "one\ntwo\nthree\n"
+    sh(f"echo new > {f}")
+    assert f.read_text() == "new\n"
+    (m.mnt / "a" / "b").mkdir(parents=True)
+    (m.mnt / "c").mkdir()
+    sh(f"mv {f} {m.mnt}/a/b/moved.txt")
+    sh(f"mv {m.mnt}/a/b {m.mnt}/c/")
+    assert (m.mnt / "c" / "b" / "moved.txt").read_text() == "new\n"
+    assert (server.export / "c" / "b" / "moved.txt").exists()
+    assert not f.exists()
+
+
+def test_metadata_ops(fsenv):
+    server, m, tmp = fsenv
+    d = m.mnt / "meta"
+    d.mkdir()
+    f = d / "f"
+    f.write_bytes(b"0123456789")
+    os.chmod(f, 0o600)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    os.chown(f, 1234, 4321)
+    st = os.stat(f)
+    assert (st.st_uid, st.st_gid) == (1234, 4321)
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(f).st_mtime_ns == 2_000_000_000
+    os.truncate(f, 4)
+    assert f.read_bytes() == b"0123"
+    with open(f, "r+b") as fh:
+        os.ftruncate(fh.fileno(), 2)
+    assert os.stat(f).st_size == 2
+    os.symlink("f", d / "ln")
+    assert os.readlink(d / "ln") == "f" and (d / "ln").read_bytes() == b"01"
+    os.link(f, d / "hard")
+    assert os.stat(f).st_nlink == 2 and os.stat(d / "hard").st_ino == os.stat(f).st_ino
+    os.mkfifo(d / "fifo")
+    assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
+    os.setxattr(f, "user.k", b"v")
+    assert os.getxattr(f, "user.k") == b"v" and "user.k" in os.listxattr(f)
+    os.removexattr(f, "user.k")
+    with pytest.raises(OSError) as ei:
+        os.getxattr(f, "user.k")
+    assert ei.value.errno == errno.ENODATA
+    s = os.statvfs(m.mnt)
+    assert s.f_blocks > 0 and s.f_namemax > 0
+    with open(f, "w") as fh:
+        fh.write("x")
+        os.fsync(fh.fileno())
+
+
+def test_errnos(fsenv):
+    server, m, tmp = fsenv
+    d = m.mnt / "err"
+    d.mkdir()
+    (d / "file").write_text("x")
+    (d / "full").mkdir()
+    (d / "full" / "x").write_text("x")
+    cases = [
+        (lambda: open(d / "missing"), errno.ENOENT),
+        (lambda: os.mkdir(d / "file"), errno.EEXIST),
+        (lambda: os.rmdir(d / "full"), errno.ENOTEMPTY),
+        (lambda: os.unlink(d / "full"), errno.EISDIR),
+        (lambda: os.rmdir(d / "file"), errno.ENOTDIR),
+        (lambda: open(d / "file" / "x"), errno.ENOTDIR),
+        (lambda: open(d / "full", "w"), errno.EISDIR),
+        (lambda: os.open(d / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY), errno.EEXIST),
+    ]
+    for fn, want in cases:
+        with pytest.raises(OSError) as ei:
+            fn()
+        assert ei.value.errno == want, (fn, ei.value)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> int:
+    r = _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def test_rename_flags(fsenv):
+    server, m, tmp = fsenv
+    a, b = m.mnt / "ra", m.mnt / "rb"
+    a.write_text("A")
+    b.write_text("B")
+    assert _renameat2(a, b, 1) == errno.EEXIST  # RENAME_NOREPLACE
+    assert _renameat2(a, b, 2) == 0  # RENAME_EXCHANGE
+    assert a.read_text() == "B" and b.read_text() == "A"
+    assert _renameat2(a, m.mnt / "rc", 1) == 0
+    assert (m.mnt / "rc").read_text() == "B" and not a.exists()
+
+
+def test_sparse_and_large_file(fsenv):
+    server, m, tmp = fsenv
+    f = m.mnt / "sparse"
+    big = 5 * 1024**3
+    with open(f, "wb") as fh:
+        fh.seek(big)
+        fh.write(b"tail")
+        fh.seek(4096)
+        fh.write(b"head")
+    st = os.stat(f)
+    assert st.st_size == big + 4
+    assert st.st_blocks * 512 < 10 * 1024 * 1024
+    with open(f, "rb") as fh:
+        fh.seek(big - 4)
+        assert fh.read(100) == b"\0\0\0\0tail"
+        fh.seek(4096)
+        assert fh.read(4) == b"head"
+        assert fh.read(4) == b"\0\0\0\0"
+    f.unlink()
+
+
+def test_append_mode(fsenv):
+    server, m, tmp = fsenv
+    f = m.mnt / "app"
+    f.write_bytes(b"start:")
+    fd = os.open(f, os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(5):
+            os.write(fd, b"%d," % i)
+        os.write(fd, b"x" * 100_000)  # large append travels as WDATA
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"start:0,1,2,3,4," + b"x" * 100_000
+
+
+def test_big_directory_listing(fsenv):
+    server, m, tmp = fsenv
+    d = server.export / "bigdir"
+    d.mkdir()
+    names = {f"entry-{i:05d}-{'x' * 40}" for i in range(3000)}
+    for n in names:
+        (d / n).touch()
+    listed = os.listdir(m.mnt / "bigdir")
+    assert len(listed) == len(names) and set(listed) == names
+    assert int(sh(f"ls -l {m.mnt}/bigdir | wc -l").stdout) == len(names) + 1
+
+
+def test_open_unlinked_file_still_readable(fsenv):
+    server, m, tmp = fsenv
+    f = m.mnt / "ghost"
+    f.write_bytes(b"boo" * 1000)
+    with open(f, "rb") as fh:
+        f.unlink()
+        assert not f.exists()
+        assert os.fstat(fh.fileno()).st_size == 3000
+        assert fh.read() == b"boo" * 1000
