@@ -113,10 +113,23 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
                     ready(None)
             finally:
                 pyfuse3.close(unmount=True)
-    except mxnet.ConnectError as e:
-        ready(f"cannot connect to {opts.server}: {e}")
-    except OSError as e:
-        ready(f"{opts.server}: {e.strerror or e}")
+    except (mxnet.ConnectError, OSError, BaseExceptionGroup) as eg:
+        e = _leaf(eg)
+        if isinstance(e, mxnet.ConnectError):
+            msg = str(e)
+            ready(msg if msg.startswith("cannot connect") else
+                  f"cannot connect to {opts.server}: {msg}")
+        elif isinstance(e, OSError):
+            ready(f"{opts.server}: {e.strerror or e}")
+        else:
+            raise
+
+
+def _leaf(e: BaseException) -> BaseException:
+    """The one interesting exception inside (nested) exception groups from trio nurseries."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
