@@ -45,6 +45,8 @@ from .rpcproto import (
 
 log = logging.getLogger("mxfs.rpc")
 
+RECONNECT_GRACE = 1.0  # how long a call waits for a lost server to come back
+
 
 class RpcError(OSError):
     """A call failed; .errno says how (EIO for transport trouble)."""
@@ -111,7 +113,7 @@ class RpcClient:
                 except mxnet.ConnectError as e:
                     log.debug("reconnect failed: %s", e)
                     await trio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    delay = min(delay * 2, 1.0)
 
     def _on_unexpected(self, status: Any) -> None:
         kind, rid = split_match(status.match)
@@ -122,7 +124,9 @@ class RpcClient:
     async def _wait_peer(self, deadline: float) -> Any:
         if self.peer is not None:
             return self.peer
-        with trio.move_on_at(deadline):
+        # while the server is away, calls wait only briefly: the kernel retries a failed read
+        # page by page, and each retry must not cost a whole timeout again
+        with trio.move_on_at(min(deadline, trio.current_time() + RECONNECT_GRACE)):
             await self._connected.wait()
         if self.peer is None:
             raise RpcError(errno.EIO, "server unreachable")
@@ -158,7 +162,7 @@ class RpcClient:
             ep.isend(peer, segs, make_match(Kind.REQ, rid))
             if wdata is not None:
                 ep.isend(peer, [mxnet.user(wdata)], make_match(Kind.WDATA, rid))
-            st = await self._wait(rx, deadline)
+            st = await self._wait(rx, deadline, peer)
             if not st.ok:
                 raise RpcError(errno.EIO, f"reply {st.code.name}")
             err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
@@ -166,7 +170,7 @@ class RpcClient:
                 raise RpcError(err)
             if rd is not None:
                 if result:
-                    s = await self._wait(rd, deadline)
+                    s = await self._wait(rd, deadline, peer)
                     if not s.ok:
                         raise RpcError(errno.EIO, f"read data {s.code.name}")
                     result = min(result, s.xfer_length)
@@ -179,12 +183,15 @@ class RpcClient:
                 if not req.done:
                     req.cancel()
 
-    async def _wait(self, req: Any, deadline: float) -> Any:
+    async def _wait(self, req: Any, deadline: float, peer: Any) -> Any:
         remaining = deadline - trio.current_time()
         try:
             return await req.wait(timeout=max(remaining, 0.001))
         except mxnet.Timeout:
-            log.warning("request timed out after %.1f s", self.timeout)
+            log.warning("request timed out after %.1f s: dropping the connection", self.timeout)
+            if peer is self.peer:
+                # an unresponsive server: fail the other calls now and start reconnecting
+                await self.ep.disconnect(peer)
             raise RpcError(errno.EIO, "timed out") from None
 
     async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
