@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 TINY_MAX = 32
@@ -21,6 +22,7 @@ class Config:
     keepalive: float = 2.0  # send a ping after this long without traffic
     peer_timeout: float = 10.0  # declare a silent peer lost after this long
     handshake_timeout: float = 5.0
+    poll_us: float = float(os.environ.get("MXNET_POLL_US", "50"))  # spin this long on an empty socket before sleeping (0: never)
     send_buffer_max: int = 4096  # outstanding frames per peer before isend refuses
     gm_send_tokens: int = 64  # gm: outstanding sends per endpoint
     gm_max_size_class: int = 27  # gm: largest size class, 2**27 bytes

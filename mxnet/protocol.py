@@ -45,7 +45,7 @@ from .matching import MASK_ALL, Matcher, check_match
 from .segments import Piece, Segment, as_vector, copy_into, pieces, vector_length
 from .stats import Statistics
 from .status import Status, StatusCode
-from .wire import Header, PacketType
+from .wire import Header, PacketType, pack_header
 
 _PING = Header(PacketType.PING).pack()
 _PONG = Header(PacketType.PONG).pack()
@@ -64,7 +64,7 @@ class Request:
                  peer: Hashable | None, engine: Engine, sync: bool = False) -> None:
         self.kind = kind  # "send" | "recv"
         self.vec = vec
-        self.length = vector_length(vec)
+        self.length = vec[0].length if len(vec) == 1 else vector_length(vec)
         self.match = match
         self.mask = mask
         self.peer = peer
@@ -77,7 +77,7 @@ class Request:
         self.msg_length = 0
         self.short = 0  # file bytes that were missing on send (zero-filled)
         self.send_handle = 0
-        self.on_done: Callable[[Request], None] | None = None
+        self.on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
         self._posted: Any = None
         self.observed = False
 
@@ -191,19 +191,25 @@ class Engine:
     # -- requests in ---------------------------------------------------------------------
     def isend(self, peer: Hashable, segments: Any, match: int, sync: bool = False
               ) -> tuple[Request, list[OutFrame]]:
-        check_match(match, MASK_ALL)
+        if not 0 <= match <= MASK_ALL:
+            check_match(match, MASK_ALL)
         vec = as_vector(segments)
-        st = self._state(peer)
+        st = self.peers.get(peer) or self._state(peer)
         req = Request("send", vec, match, MASK_ALL, peer, self, sync)
         n = req.length
-        if n > self.config.max_message:
-            raise ValueError(f"message of {n} bytes exceeds max_message {self.config.max_message}")
-        self.stats.count_send(self.config.size_class(n), n)
-        if n <= self.config.eager_max and not sync:
+        cfg = self.config
+        if n > cfg.max_message:
+            raise ValueError(f"message of {n} bytes exceeds max_message {cfg.max_message}")
+        self.stats.count_send(cfg.size_class(n), n)
+        if n <= cfg.eager_max and not sync:
             self.stats.eager_sends += 1
             st.eager_inflight.add(req)
-            hdr = Header(PacketType.EAGER, n, match, n).pack()
-            return req, [OutFrame(hdr, list(pieces(vec, 0, n)), n, req)]
+            hdr = pack_header(PacketType.EAGER, n, match, n)
+            if len(vec) == 1 and vec[0].frange is None and len(vec[0].views) == 1:
+                body = list(vec[0].views) if n else []  # the common case: one buffer
+            else:
+                body = list(pieces(vec, 0, n))
+            return req, [OutFrame(hdr, body, n, req)]
         self.stats.rendezvous_sends += 1
         req.handle = self._handle(st)
         st.sends[req.handle] = req

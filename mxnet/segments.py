@@ -15,15 +15,13 @@ memoryview slices or FileRange sub-ranges that cover exactly [offset, offset+len
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_SEGMENTS = 256
 PAGE_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class FileRange:
+class FileRange(NamedTuple):
     fd: int
     offset: int
     length: int
@@ -32,8 +30,7 @@ class FileRange:
 Piece = memoryview | FileRange
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     kind: str  # "user" | "pages" | "file"
     views: tuple[memoryview, ...] = ()
     frange: FileRange | None = None
@@ -47,16 +44,19 @@ class Segment:
 
 
 def _view(buf: Any) -> memoryview:
-    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    view = buf if type(buf) is memoryview else memoryview(buf)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
     return view
 
 
+_new = tuple.__new__
+
+
 def user(buf: Any) -> Segment:
     """A user-virtual segment over any buffer-protocol object (no copy)."""
     view = _view(buf)
-    return Segment("user", (view,), None, view.nbytes)
+    return _new(Segment, ("user", (view,), None, view.nbytes))
 
 
 def pages(page_list: Sequence[Any], full: bool = True) -> Segment:
@@ -76,17 +76,20 @@ def file(fd: int, offset: int, length: int) -> Segment:
 
 def as_vector(segments: Any, *, writable: bool = False) -> tuple[Segment, ...]:
     """Normalise what a caller passed (a Segment, a buffer, or a list of either) to a vector."""
-    if isinstance(segments, Segment):
-        vec: tuple[Segment, ...] = (segments,)
+    if type(segments) is list and len(segments) == 1:
+        s0 = segments[0]
+        vec: tuple[Segment, ...] = (s0 if type(s0) is Segment else user(s0),)
+    elif type(segments) is Segment:
+        vec = (segments,)
     elif isinstance(segments, list | tuple):
-        vec = tuple(s if isinstance(s, Segment) else user(s) for s in segments)
+        vec = tuple(s if type(s) is Segment else user(s) for s in segments)
     else:
         vec = (user(segments),)
     if len(vec) > MAX_SEGMENTS:
         raise ValueError(f"a message has at most {MAX_SEGMENTS} segments, got {len(vec)}")
     if writable:
         for seg in vec:
-            if any(v.readonly for v in seg.views):
+            if seg.views and any(v.readonly for v in seg.views):
                 raise ValueError("receive segments must be writable buffers")
     return vec
 

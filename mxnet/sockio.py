@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 
 import trio
 
@@ -26,16 +27,34 @@ class PeerGone(Exception):
     """The connection ended (EOF or reset) while we needed more bytes."""
 
 
-async def recv_exact_into(sock: socket.socket, view: memoryview) -> None:
+def _spin_recv(sock: socket.socket, view: memoryview, spin: float) -> int:
+    """MX polls a while before blocking: an idle vCPU halts and waking it costs more than a
+    short spin. Retry the non-blocking receive for up to ``spin`` seconds, but only when no
+    other trio task is waiting to run. Returns bytes read, or -1 if nothing came."""
+    if trio.lowlevel.current_statistics().tasks_runnable:
+        return -1
+    deadline = time.perf_counter() + spin
+    while time.perf_counter() < deadline:
+        try:
+            return sock.recv_into(view)
+        except BlockingIOError:
+            continue
+    return -1
+
+
+async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0.0) -> None:
     got, n = 0, view.nbytes
     while got < n:
         try:
-            k = sock.recv_into(view[got:] if got else view)
-        except BlockingIOError:
+            try:
+                k = sock.recv_into(view[got:] if got else view)
+            except BlockingIOError:
+                k = _spin_recv(sock, view[got:], spin) if spin else -1
+        except OSError as e:
+            raise PeerGone(str(e)) from None
+        if k < 0:
             await trio.lowlevel.wait_readable(sock)
             continue
-        except (ConnectionError, OSError) as e:
-            raise PeerGone(str(e)) from None
         if k == 0:
             raise PeerGone("connection closed by peer")
         got += k

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class StatusCode(enum.Enum):
@@ -16,8 +15,7 @@ class StatusCode(enum.Enum):
     LOCAL_ERROR = "local error"  # a receive's file segment could not be written (ENOSPC, EBADF)
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(NamedTuple):
     code: StatusCode
     source: Any = None  # the Peer a message came from (receives) or went to (sends)
     match: int = 0

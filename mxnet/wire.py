@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGIC = b"MXNT"
 VERSION = 1
@@ -58,8 +58,7 @@ class PacketType(enum.IntEnum):
 CARRIES_PAYLOAD = frozenset({PacketType.EAGER, PacketType.DATA, PacketType.GM})
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     type: PacketType
     length: int = 0
     a: int = 0
@@ -75,20 +74,30 @@ class FrameError(ValueError):
     """A header that is not a valid frame."""
 
 
+_TYPES = {int(t): t for t in PacketType}
+_unpack = HEADER.unpack
+_new_header = tuple.__new__
+
+
 def unpack_header(buf: bytes | bytearray | memoryview) -> Header:
     try:
-        typ, flags, reserved, length, a, b, c = HEADER.unpack(buf)
+        typ, flags, reserved, length, a, b, c = _unpack(buf)
     except struct.error as e:
         raise FrameError(f"short header: {e}") from None
-    try:
-        ptype = PacketType(typ)
-    except ValueError:
-        raise FrameError(f"unknown packet type {typ}") from None
+    ptype = _TYPES.get(typ)
+    if ptype is None:
+        raise FrameError(f"unknown packet type {typ}")
     if reserved:
         raise FrameError("reserved header bits set")
     if length and ptype not in CARRIES_PAYLOAD:
         raise FrameError(f"{ptype.name} carries no payload but says length={length}")
-    return Header(ptype, length, a, b, c, flags)
+    return _new_header(Header, (ptype, length, a, b, c, flags))
+
+
+def pack_header(ptype: int, length: int = 0, a: int = 0, b: int = 0, c: int = 0,
+                flags: int = 0) -> bytes:
+    """Pack a header without building a Header first (the send fast path)."""
+    return HEADER.pack(ptype, flags, 0, length, a, b, c)
 
 
 # ---- handshake ---------------------------------------------------------------------------
