@@ -285,7 +285,9 @@ class GMEngine:
         if h.type is not PacketType.GM:
             raise ProtocolError(f"{h.type.name} frame on a gm connection")
         klass, n = h.a, h.length
-        if klass > self.config.gm_max_size_class or n > (1 << klass) or n != h.b:
+        # the class must be the one the length needs: a larger class would make us register
+        # a buffer of 2**class bytes for a tiny frame (memory a peer could pile up at will)
+        if klass > self.config.gm_max_size_class or klass != size_class(n) or n != h.b:
             raise ProtocolError(f"bad GM frame: class {klass}, length {n}")
         if h.flags & RAW:
             region = self.user_pool.take(klass)
