@@ -136,3 +136,18 @@ def test_read_only_mount(tmp_path):
             assert ei.value.errno == errno.EROFS
         finally:
             m.stop()
+
+
+async def test_server_drops_handles_of_lost_client(tmp_path):
+    with cluster(tmp_path, "mx", clients=0) as (server, _):
+        (server.export / "f").write_text("x")
+        async with open_client("127.0.0.1", server.port, key=SECRET, timeout=5) as watcher:
+            async with open_client("127.0.0.1", server.port, key=SECRET, timeout=5) as rpc:
+                for _ in range(5):
+                    await rpc.call(Op.OPEN, b"f", os.O_RDONLY)
+                await rpc.call(Op.OPENDIR, b"")
+                assert (await watcher.call(Op.STATS))["open_handles"] == 6
+            # the second client is gone (its endpoint closed): its handles go with it
+            with trio.fail_after(5):
+                while (await watcher.call(Op.STATS))["open_handles"]:
+                    await trio.sleep(0.05)

@@ -252,3 +252,39 @@ def test_open_unlinked_file_still_readable(fsenv):
         assert not f.exists()
         assert os.fstat(fh.fileno()).st_size == 3000
         assert fh.read() == b"boo" * 1000
+
+
+def test_parallel_readers_and_writers(fsenv):
+    """Several requests in flight at once: parallel streams keep their data apart."""
+    import threading
+
+    server, m, tmp = fsenv
+    blobs = {i: os.urandom(3 * 1024 * 1024 + i * 4097) for i in range(6)}
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            with open(m.mnt / f"par-{i}", "wb") as fh:
+                data = memoryview(blobs[i])
+                for off in range(0, len(data), 100_000):
+                    fh.write(data[off:off + 100_000])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def reader(i: int) -> None:
+        try:
+            with open(m.mnt / f"par-{i}", "rb") as fh:
+                assert fh.read() == blobs[i]
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    for fn in (writer, reader):
+        threads = [threading.Thread(target=fn, args=(i,)) for i in blobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        sh("echo 3 > /proc/sys/vm/drop_caches", check=False)
+    for i, data in blobs.items():
+        assert (server.export / f"par-{i}").read_bytes() == data
