@@ -175,8 +175,8 @@ class RpcClient:
                         raise RpcError(errno.EIO, f"read data {s.code.name}")
                     result = min(result, s.xfer_length)
             return result
-        except ProtocolError as e:
-            raise RpcError(errno.EIO, f"protocol error: {e}") from None
+        except (ProtocolError, mxnet.MxError) as e:
+            raise RpcError(errno.EIO, f"transport: {e}") from None
         finally:
             self._pending.discard(rid)
             for req in posted:
