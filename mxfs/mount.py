@@ -18,7 +18,7 @@ import mxnet
 
 from .fs import MxfsOperations
 from .options import MountOptions, OptionError
-from .rpc import RpcError, open_client
+from .rpc import RpcError, leaf_exception, open_client
 
 log = logging.getLogger("mxfs")
 
@@ -114,7 +114,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
             finally:
                 pyfuse3.close(unmount=True)
     except (mxnet.ConnectError, OSError, BaseExceptionGroup) as eg:
-        e = _leaf(eg)
+        e = leaf_exception(eg)
         if isinstance(e, mxnet.ConnectError):
             msg = str(e)
             ready(msg if msg.startswith("cannot connect") else
@@ -123,13 +123,6 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
             ready(f"{opts.server}: {e.strerror or e}")
         else:
             raise
-
-
-def _leaf(e: BaseException) -> BaseException:
-    """The one interesting exception inside (nested) exception groups from trio nurseries."""
-    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
-        e = e.exceptions[0]
-    return e
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

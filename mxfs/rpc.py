@@ -218,12 +218,28 @@ class RpcClient:
 async def open_client(host: str, port: int, *, key: bytes, transport: str = "mx",
                       timeout: float = 10.0) -> AsyncIterator[RpcClient]:
     """Connect to an mxfs server (raises mxnet.ConnectError if it cannot) and keep connected."""
-    async with mxnet.open_endpoint(None, 0, key=key, transport=transport, listen=False) as ep:
-        client = RpcClient(ep, host, port, timeout=timeout, transport=transport)
-        await client.connect(timeout=min(timeout, 10.0) if math.isfinite(timeout) else 10.0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.reconnector)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+    connected = False
+    try:
+        async with mxnet.open_endpoint(None, 0, key=key, transport=transport,
+                                       listen=False) as ep:
+            client = RpcClient(ep, host, port, timeout=timeout, transport=transport)
+            await client.connect(timeout=min(timeout, 10.0) if math.isfinite(timeout) else 10.0)
+            connected = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.reconnector)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as eg:
+        leaf = leaf_exception(eg)
+        if not connected and isinstance(leaf, mxnet.ConnectError | OSError):
+            raise leaf from None  # a plain error for the caller, not a trio exception group
+        raise
+
+
+def leaf_exception(e: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups from trio nurseries."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e

@@ -1,0 +1,101 @@
+"""The server's trio service and the client's RPC layer over loopback mxnet (no FUSE)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import trio
+
+import mxnet
+from mxfs.rpc import RpcError, StaleEpoch, open_client
+from mxfs.rpcproto import INLINE_MAX, Op
+from server.confine import Export
+from server.handles import HandleTable
+from server.ops import FileServer
+from server.service import Service
+
+KEY = b"service-test-key"
+
+
+@pytest.fixture(params=["mx", "gm"])
+def transport(request):
+    return request.param
+
+
+async def _serve(nursery, export_dir, transport):
+    ex = Export(export_dir)
+    fs = FileServer(ex, HandleTable())
+    ep = await nursery.start(_endpoint, transport)
+    svc = Service(ep, fs)
+    nursery.start_soon(svc.run)
+    return ep, svc
+
+
+async def _endpoint(transport, task_status=trio.TASK_STATUS_IGNORED):
+    async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY, transport=transport) as ep:
+        task_status.started(ep)
+        await trio.sleep_forever()
+
+
+async def test_rpc_roundtrip(tmp_path, transport):
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as rpc:
+            hid, st = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
+            small = os.urandom(INLINE_MAX)
+            big = os.urandom(3 * 1024 * 1024 + 17)
+            assert await rpc.write(hid, 0, small, epoch=rpc.epoch) == len(small)
+            assert await rpc.write(hid, len(small), big, epoch=rpc.epoch) == len(big)
+            assert (tmp_path / "f").read_bytes() == small + big
+            view = await rpc.read(hid, 0, len(small) + len(big) + 100, epoch=rpc.epoch)
+            assert view == small + big
+            assert len(await rpc.read(hid, 10**9, 4096, epoch=rpc.epoch)) == 0
+            # concurrent calls multiplex over one connection
+            results: dict[int, bytes] = {}
+
+            async def reader(i: int) -> None:
+                results[i] = bytes(await rpc.read(hid, i * 65536, 65536, epoch=rpc.epoch))
+
+            async with trio.open_nursery() as n2:
+                for i in range(16):
+                    n2.start_soon(reader, i)
+            data = small + big
+            for i in range(16):
+                assert results[i] == data[i * 65536:(i + 1) * 65536]
+            with pytest.raises(StaleEpoch):
+                await rpc.call(Op.FGETATTR, hid, epoch=rpc.epoch + 1)
+            with pytest.raises(RpcError) as ei:
+                await rpc.write(12345, 0, big, epoch=rpc.epoch)  # bad handle, WDATA drained
+            assert ei.value.errno == errno.EBADF
+            assert await rpc.call(Op.PING)  # connection still fine after that
+            await rpc.call(Op.RELEASE, hid)
+            stats = rpc.statistics()
+            if transport == "mx":
+                assert stats["payload_bytes_copied"] == 0
+            srv = await rpc.call(Op.STATS)
+            assert srv["open_handles"] == 0 and srv["requests"] > 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_unanswered_call_times_out_with_eio(tmp_path):
+    async with trio.open_nursery() as nursery:
+        ep = await nursery.start(_endpoint, "mx")  # an endpoint that never answers
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, timeout=0.5) as rpc:
+            t0 = trio.current_time()
+            with pytest.raises(RpcError) as ei:
+                await rpc.call(Op.PING)
+            assert ei.value.errno == errno.EIO
+            assert trio.current_time() - t0 < 2.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_errors(tmp_path):
+    async with trio.open_nursery() as nursery:
+        ep = await nursery.start(_endpoint, "mx")
+        with pytest.raises(mxnet.ConnectError, match="key"):
+            async with open_client("127.0.0.1", ep.address[1], key=b"wrong", timeout=2):
+                pass
+        nursery.cancel_scope.cancel()
