@@ -41,6 +41,7 @@ from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
 log = logging.getLogger("mxfs")
 
 STATS_XATTR = b"user.mxfs.stats"
+DOTS = 2  # readdir offsets 1 and 2 are "." and ".."
 _REOPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -397,15 +398,23 @@ class MxfsOperations(pyfuse3.Operations):
             d.buffered = [e for e in d.buffered if e[0] >= start_id]
             if not d.buffered or d.buffered[0][0] != start_id:
                 d.buffered, d.eof_after_buffer = [], False
+        # "." and ".." come first (offsets 1 and 2); server entry offsets are shifted by 2
+        if start_id < 2:
+            node = self.inodes.get(d.ino)
+            for name, ino, nxt in ((b".", d.ino, 1), (b"..", node.parent or ROOT_INODE, 2)):
+                if start_id < nxt:
+                    if not pyfuse3.readdir_reply(token, name, self._dot_entry(ino), nxt):
+                        return
+                    start_id = nxt
         while True:
             if not d.buffered:
                 if d.eof_after_buffer:
                     return
-                entries, eof = await self._dir_call(d, Op.READDIR, start_id)
+                entries, eof = await self._dir_call(d, Op.READDIR, start_id - DOTS)
                 own = start_id
                 for name, nxt, st in entries:
-                    d.buffered.append((own, name, nxt, st))
-                    own = nxt
+                    d.buffered.append((own, name, nxt + DOTS, st))
+                    own = nxt + DOTS
                 d.eof_after_buffer = bool(eof)
                 if not d.buffered:
                     return
@@ -419,6 +428,16 @@ class MxfsOperations(pyfuse3.Operations):
                 start_id = nxt
             if d.eof_after_buffer:
                 return
+
+    def _dot_entry(self, ino: int) -> EntryAttributes:
+        """Attributes for "." / "..": the kernel takes only the inode number and type from
+        these and counts no lookup for them."""
+        e = EntryAttributes()
+        e.st_ino = ino
+        e.st_mode = stat.S_IFDIR | 0o755
+        e.entry_timeout = 0
+        e.attr_timeout = 0
+        return e
 
     @_guard
     async def releasedir(self, fh: int) -> None:
