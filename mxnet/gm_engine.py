@@ -77,6 +77,7 @@ class GMEngine:
         self._raw_recvs: dict[int, Request] = {}  # region id -> raw receive request
         self._cache: dict[int, list[Region]] = {}  # registration cache, by size class
         self._token_wait: deque[tuple[Any, OutFrame]] = deque()
+        self._holding: dict[int, tuple[Any, OutFrame]] = {}  # frames holding a send token
         self.peers: dict[Hashable, _PeerState] = {}
         self.on_complete: Callable[[Request], None] | None = None
         self.on_room: Callable[[], None] | None = None
@@ -130,6 +131,11 @@ class GMEngine:
             else:
                 kept.append((p, frame))
         self._token_wait = kept
+        for key, (p, frame) in list(self._holding.items()):  # handed out, never sent
+            if p is peer:
+                del self._holding[key]
+                self._drop_frame(frame)
+                self._give_token()
         for req in doomed:
             req._complete(StatusCode.PEER_LOST, req.length, 0)
         self._room()
@@ -156,9 +162,12 @@ class GMEngine:
         """Send ``length`` bytes of a registered region, contiguous (raw GM)."""
         self.table.check(region)
         view = region.span(offset, length)
-        st = self._state(peer)
         req = Request("send", (), 0, MASK_ALL, peer, self)
         req.length = length
+        if peer not in self.peers:  # lost: like isend on a lost peer, not an exception
+            req._complete(StatusCode.PEER_LOST, length, 0)
+            return req, []
+        st = self.peers[peer]
         self.stats.count_send(self.config.size_class(length), length)
         klass = size_class(length)
         frame = OutFrame(Header(PacketType.GM, length, klass, length, flags=RAW).pack(),
@@ -249,6 +258,7 @@ class GMEngine:
     # -- frames out ----------------------------------------------------------------------
     def _with_token(self, peer: Any, frame: OutFrame) -> list[OutFrame]:
         if self.tokens.take():
+            self._holding[id(frame)] = (peer, frame)
             return [frame]
         self._token_wait.append((peer, frame))
         return []
@@ -260,11 +270,8 @@ class GMEngine:
 
     def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
         self._drop_frame(frame)
-        self.tokens.give()
-        if self._token_wait and self.tokens.take():
-            peer, nxt = self._token_wait.popleft()
-            if self.emit is not None:
-                self.emit(peer, [nxt])
+        if self._holding.pop(id(frame), None) is not None:
+            self._give_token()
         req = frame.request
         if req is None:
             return
@@ -275,6 +282,14 @@ class GMEngine:
             return  # completes on the receiver's ACK
         code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
         req._complete(code, req.length, req.length - req.short)
+
+    def _give_token(self) -> None:
+        self.tokens.give()
+        if self._token_wait and self.tokens.take():
+            peer, nxt = self._token_wait.popleft()
+            self._holding[id(nxt)] = (peer, nxt)
+            if self.emit is not None:
+                self.emit(peer, [nxt])
 
     # -- frames in -----------------------------------------------------------------------
     def receive_header(self, peer: Hashable, h: Header) -> Inbound:
