@@ -36,12 +36,13 @@ from .matching import MASK_ALL
 from .peer import Peer
 from .protocol import Engine, Request
 from .segments import FileRange
-from .sockio import PeerGone, Splicer, discard, recv_exact_into
+from .sockio import PeerGone, Splicer, discard, recv_exact_into, recv_vector_into
 from .stats import Statistics
 from .status import Status, StatusCode
 from .wire import HEADER_LEN, FrameError, unpack_header
 
 log = logging.getLogger("mxnet")
+_YIELD_EVERY = 256 << 10  # after a frame this big the reader yields to other tasks
 
 __all__ = ["Endpoint", "Peer", "Request", "open_endpoint"]
 
@@ -241,16 +242,18 @@ class Endpoint:
         return peer
 
     async def _run_peer(self, peer: Peer) -> None:
-        with trio.CancelScope() as scope:
-            peer.cancel_scope = scope
-            async with trio.open_nursery() as n:
-                n.start_soon(self._guard, peer, self._writer)
-                n.start_soon(self._guard, peer, self._keepalive)
-                n.start_soon(self._guard, peer, self._reader)
-        self._lose(peer, peer.lost_reason or "closed")
-        peer.sock.close()  # only now: no task of this peer waits on the socket any more
-        if peer.splicer is not None:
-            peer.splicer.close()
+        try:
+            with trio.CancelScope() as scope:
+                peer.cancel_scope = scope
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._guard, peer, self._writer)
+                    n.start_soon(self._guard, peer, self._keepalive)
+                    n.start_soon(self._guard, peer, self._reader)
+        finally:  # also when the whole endpoint is being cancelled
+            self._lose(peer, peer.lost_reason or "closed")
+            peer.sock.close()  # only now: no task of this peer waits on the socket any more
+            if peer.splicer is not None:
+                peer.splicer.close()
 
     async def _guard(self, peer: Peer, task: Callable[[Peer], Any]) -> None:
         """Run one of a peer's tasks; whatever ends it ends the peer, never the endpoint."""
@@ -289,37 +292,60 @@ class Endpoint:
                 log.exception("mxnet: on_peer_lost callback failed")
 
     async def _reader(self, peer: Peer) -> None:
+        """Read frames forever. Replies the engine produces (PULL, NOTIFY, PONG) are queued
+        and flushed together when the socket runs dry, so under load many go out in one
+        sendmsg and at low load none waits."""
         sock = peer.sock
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
         engine = self.engine
         spin = self.config.poll_us / 1e6
+        flush = peer.kick
         while True:
-            await recv_exact_into(sock, hview, spin)
-            peer.last_rx = trio.current_time()
+            await recv_exact_into(sock, hview, spin, flush)
+            peer.rx_frames += 1
             h = unpack_header(hbuf)
             if h.length > self.config.max_message:
                 raise ProtocolError(f"frame of {h.length} bytes exceeds max_message")
             inbound = engine.receive_header(peer, h)
             while inbound.paused:
                 peer.paused = True
+                flush()
                 if self._room_event.is_set():
                     self._room_event = trio.Event()
                 await self._room_event.wait()
-                peer.last_rx = trio.current_time()
                 inbound = engine.receive_header(peer, h)
             peer.paused = False
-            for piece in inbound.pieces:
-                if isinstance(piece, FileRange):
-                    await self._splice(peer, piece)
-                else:
-                    await recv_exact_into(sock, piece)
+            ps = inbound.pieces
+            if len(ps) == 1 and not isinstance(ps[0], FileRange):
+                await recv_exact_into(sock, ps[0], 0.0, flush)
+            elif ps:
+                await self._receive_pieces(peer, ps, flush)
             if inbound.discard:
                 await discard(sock, inbound.discard)
             frames = engine.receive_done(peer)
             if frames:
                 peer.enqueue(frames)
-                peer.kick()
+            if engine.matcher._unexpected:  # wake probe() callers
+                self._any_event.set()
+            if h.length >= _YIELD_EVERY:
+                await trio.lowlevel.checkpoint()  # a bulk transfer must let other peers run
+
+    async def _receive_pieces(self, peer: Peer, ps: list[Any], flush: Callable[[], None]
+                              ) -> None:
+        """Memory pieces land with recvmsg_into (many per call); file pieces are spliced."""
+        run: list[memoryview] = []
+        for piece in ps:
+            if isinstance(piece, FileRange):
+                if run:
+                    await recv_vector_into(peer.sock, run, flush)
+                    run = []
+                flush()
+                await self._splice(peer, piece)
+            elif piece.nbytes:
+                run.append(piece)
+        if run:
+            await recv_vector_into(peer.sock, run, flush)
 
     async def _splice(self, peer: Peer, fr: FileRange) -> None:
         if peer.splicer is None:
@@ -328,7 +354,7 @@ class Endpoint:
         sp.error = None
         before = sp.calls
         await sp.into_file(peer.sock, fr)
-        peer.last_rx = trio.current_time()
+        peer.rx_frames += 1
         self.stats.splice_calls += sp.calls - before
         if sp.copied:
             self.stats.payload_bytes_copied += sp.copied
@@ -351,17 +377,19 @@ class Endpoint:
 
         ping = Header(PacketType.PING).pack()
         interval = self.config.keepalive
+        seen, last_rx = peer.rx_frames, trio.current_time()
         while True:
             await trio.sleep(interval)
-            idle = trio.current_time() - peer.last_rx
-            if peer.paused:
+            now = trio.current_time()
+            if peer.rx_frames != seen or peer.paused:
+                seen, last_rx = peer.rx_frames, now
                 continue
+            idle = now - last_rx
             if idle > self.config.peer_timeout:
                 peer.lost_reason = f"silent for {idle:.1f} s (peer_timeout)"
                 raise PeerGone(peer.lost_reason)
-            if idle >= interval:
-                peer.enqueue([OutFrame(ping)])
-                peer.kick()
+            peer.enqueue([OutFrame(ping)])
+            peer.kick()
 
     # -- listening -----------------------------------------------------------------------
     async def _serve(self, lsock: socket.socket) -> None:

@@ -312,8 +312,8 @@ class GMEngine:
             return Inbound([region.span(0, n)] if n else [])
         if n < CONV.size:
             raise ProtocolError("GM convenience message shorter than its header")
-        if not self.matcher.has_room(n):
-            return Inbound(paused=True)
+        if not self.matcher.has_room(0):  # the queue is full: stall this peer (bounded);
+            return Inbound(paused=True)   # one message may overshoot max_bytes, not more
         region = self._region(klass)
         st.current = (h, (region, None))
         return Inbound([region.span(0, n)])

@@ -135,9 +135,10 @@ class Matcher(Generic[M]):
         return best.item
 
     def has_room(self, length: int) -> bool:
-        return (
-            len(self._unexpected) < self.max_count
-            and self.unexpected_bytes + length <= self.max_bytes
+        """Room for one more message of ``length`` bytes? (length 0: is there room at all)"""
+        return len(self._unexpected) < self.max_count and (
+            self.unexpected_bytes + length <= self.max_bytes
+            if length else self.unexpected_bytes < self.max_bytes
         )
 
     def add_unexpected(self, msg_match: int, peer: Hashable, length: int, item: Any) -> None:

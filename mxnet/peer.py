@@ -47,7 +47,7 @@ class Peer:
         self.on_sent: Callable[[Any, int], None] | None = None
         self.wake_writer = trio.Event()
         self.blocked = False
-        self.last_rx = trio.current_time()
+        self.rx_frames = 0  # frames (and splice chunks) received: the keepalive watches it
         self.paused = False
         self.cancel_scope: trio.CancelScope | None = None
         self.splicer: Splicer | None = None

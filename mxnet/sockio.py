@@ -13,12 +13,14 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
 from .segments import FileRange
 
 F_SETPIPE_SZ = 1031
+IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 
@@ -42,13 +44,18 @@ def _spin_recv(sock: socket.socket, view: memoryview, spin: float) -> int:
     return -1
 
 
-async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0.0) -> None:
+async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0.0,
+                          idle: Callable[[], None] | None = None) -> None:
+    """Fill ``view`` from the socket. ``idle`` runs whenever the socket has nothing to give
+    (the reader flushes the replies it batched up), then we spin ``spin`` s, then sleep."""
     got, n = 0, view.nbytes
     while got < n:
         try:
             try:
                 k = sock.recv_into(view[got:] if got else view)
             except BlockingIOError:
+                if idle is not None:
+                    idle()
                 k = _spin_recv(sock, view[got:], spin) if spin else -1
         except OSError as e:
             raise PeerGone(str(e)) from None
@@ -58,6 +65,36 @@ async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0
         if k == 0:
             raise PeerGone("connection closed by peer")
         got += k
+
+
+async def recv_vector_into(sock: socket.socket, views: list[memoryview],
+                           idle: Callable[[], None] | None = None) -> None:
+    """Fill several buffers in order with as few ``recvmsg_into`` calls as the data allows
+    (a vector of many small segments lands with one system call)."""
+    i = 0
+    while i < len(views):
+        batch = views[i : i + IOV_MAX]
+        try:
+            n = sock.recvmsg_into(batch)[0]
+        except BlockingIOError:
+            if idle is not None:
+                idle()
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as e:
+            raise PeerGone(str(e)) from None
+        if n == 0:
+            raise PeerGone("connection closed by peer")
+        while n:
+            v = views[i]
+            if v.nbytes <= n:
+                n -= v.nbytes
+                i += 1
+            else:
+                views[i] = v[n:]
+                n = 0
+        while i < len(views) and views[i].nbytes == 0:
+            i += 1
 
 
 async def discard(sock: socket.socket, n: int) -> None:

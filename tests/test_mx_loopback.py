@@ -199,9 +199,6 @@ async def test_probe_returns_queued_message(transport):
             await pair.server.probe(0x9999, MASK_ALL, timeout=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Endpoint.probe is never woken by an unexpected "
-                   "arrival (only request completions set _any_event), so it blocks until "
-                   "some unrelated request completes")
 async def test_probe_wakes_on_arrival(transport):
     async with endpoint_pair(transport) as pair:
         async with trio.open_nursery() as n:
@@ -375,9 +372,6 @@ async def test_raw_peer_closes(transport):
         assert ep.statistics().protocol_errors == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: closing an endpoint leaves its running peers' "
-                   "sockets open (the outer nursery cancel makes Cancelled escape _run_peer "
-                   "before peer.sock.close()), so the remote side only notices at peer_timeout")
 async def test_endpoint_close_is_seen_by_remote(transport):
     slow = Config(keepalive=30, peer_timeout=60)
     async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY, transport=transport,
