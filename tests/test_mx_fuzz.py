@@ -158,3 +158,19 @@ async def test_unexpected_flood_is_bounded():
             await ping_pong(pair, 1)
         finally:
             sock.close()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a peer paused on a full unexpected queue is never "
+                   "reaped after it disconnects (the reader waits for room and does not see "
+                   "EOF; keepalive skips paused peers), so its messages fill the shared queue "
+                   "for every other peer forever")
+async def test_paused_peer_that_disconnects_is_reaped():
+    cfg = Config(unexpected_max_count=2, keepalive=0.1, peer_timeout=0.3)
+    async with endpoint_pair("mx", cfg) as pair:
+        sock, peer = await raw_client(pair.server)
+        await send_all(sock, b"".join(frame(PacketType.EAGER, 10, k, 10) for k in range(5)))
+        await until(lambda: peer.paused, T)
+        sock.close()
+        with trio.fail_after(5):  # >10x peer_timeout
+            await peer.lost_event.wait()
+        await ping_pong(pair, 1)  # the queue is free again for the good peer
