@@ -22,7 +22,10 @@ class Config:
     keepalive: float = 2.0  # send a ping after this long without traffic
     peer_timeout: float = 10.0  # declare a silent peer lost after this long
     handshake_timeout: float = 5.0
-    poll_us: float = float(os.environ.get("MXNET_POLL_US", "50"))  # spin this long on an empty socket before sleeping (0: never)
+    # MX polls before blocking. Here a wait() may keep trio polling (with sched_yield) this
+    # long before it sleeps. Measured on the 2-vCPU VM: client and server end up on one vCPU
+    # and spinning starves the peer (latency grows with poll_us), so the default is 0.
+    poll_us: float = float(os.environ.get("MXNET_POLL_US", "0"))
     send_buffer_max: int = 4096  # outstanding frames per peer before isend refuses
     gm_send_tokens: int = 64  # gm: outstanding sends per endpoint
     gm_max_size_class: int = 27  # gm: largest size class, 2**27 bytes

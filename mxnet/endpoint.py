@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -73,6 +74,7 @@ class Endpoint:
         self.peers: set[Peer] = set()
         self._completed: OrderedDict[Request, None] = OrderedDict()
         self._any_event = trio.Event()
+        self._spin = config.poll_us / 1e6
         self._track_any = False  # wait_any in use: remember completions not yet observed
         self._room_event = trio.Event()
         self._lost_callbacks: list[Callable[[Peer], None]] = []
@@ -215,6 +217,14 @@ class Endpoint:
         self._room_event.set()
 
     async def _wait(self, req: Request, timeout: float | None) -> Status:
+        if req.status is None and self._spin:
+            # MX polls a while before blocking: yielding keeps trio polling epoll with a zero
+            # timeout, so a quick answer is picked up without this vCPU halting and paying a
+            # wake-up. Bounded by poll_us per wait.
+            end = time.perf_counter() + self._spin
+            while req.status is None and time.perf_counter() < end:
+                os.sched_yield()  # the peer process may share this vCPU: let it run
+                await trio.lowlevel.cancel_shielded_checkpoint()
         if req.status is None:
             if timeout is None:
                 await _park(req)
@@ -299,26 +309,27 @@ class Endpoint:
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
         engine = self.engine
-        spin = self.config.poll_us / 1e6
         flush = peer.kick
         while True:
-            await recv_exact_into(sock, hview, spin, flush)
+            await recv_exact_into(sock, hview, flush)
             peer.rx_frames += 1
             h = unpack_header(hbuf)
             if h.length > self.config.max_message:
                 raise ProtocolError(f"frame of {h.length} bytes exceeds max_message")
             inbound = engine.receive_header(peer, h)
-            while inbound.paused:
+            while inbound.paused:  # the unexpected queue is full: stop reading this peer
                 peer.paused = True
                 flush()
                 if self._room_event.is_set():
                     self._room_event = trio.Event()
-                await self._room_event.wait()
+                with trio.move_on_after(self.config.keepalive):
+                    await self._room_event.wait()
+                _check_alive(sock)  # a paused peer that hung up must still be reaped
                 inbound = engine.receive_header(peer, h)
             peer.paused = False
             ps = inbound.pieces
             if len(ps) == 1 and not isinstance(ps[0], FileRange):
-                await recv_exact_into(sock, ps[0], 0.0, flush)
+                await recv_exact_into(sock, ps[0], flush)
             elif ps:
                 await self._receive_pieces(peer, ps, flush)
             if inbound.discard:
@@ -515,6 +526,24 @@ class _deadline:
         if self.scope.cancelled_caught:
             raise Timeout(f"not completed within {self.timeout} s")
         return bool(swallowed)
+
+
+_TCP_ESTABLISHED = 1
+
+
+def _check_alive(sock: socket.socket) -> None:
+    """Without consuming anything, raise PeerGone if the peer closed or reset the connection
+    (TCP state leaves ESTABLISHED once its FIN arrived, even with unread data queued)."""
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        if state != _TCP_ESTABLISHED:
+            raise PeerGone("connection closed by peer (while paused)")
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            raise PeerGone("connection closed by peer (while paused)")
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as e:
+        raise PeerGone(str(e)) from None
 
 
 def _tune(sock: socket.socket) -> None:

@@ -64,6 +64,27 @@ class Peer:
         """Try to write now; wake the writer task if the socket could not take it all."""
         if self.lost or self.blocked:
             return
+        urgent = self.urgent
+        if self._cur is None and len(urgent) == 1 and not self.bulk and urgent[0].simple:
+            # fast path: one in-memory frame on an idle connection, one sendmsg
+            f = urgent[0]
+            try:
+                n = self.sock.sendmsg([f.header, *f.pieces])
+            except BlockingIOError:
+                n = -1
+            except OSError:
+                n = -1  # let pump() meet the error on the normal path
+            if n >= 0:
+                urgent.popleft()
+                self.stats.sendmsg_calls += 1
+                if n == len(f.header) + f.length:
+                    self._cur = f
+                    self._finish()
+                    return
+                self._cur = f
+                self._parts = [memoryview(f.header), *f.pieces]
+                self._short = 0
+                self._advance(n)
         if not self.pump():
             self.blocked = True
             self.wake_writer.set()

@@ -42,13 +42,17 @@ from typing import Any
 from .config import Config
 from .errors import ProtocolError
 from .matching import MASK_ALL, Matcher, check_match
-from .segments import Piece, Segment, as_vector, copy_into, pieces, vector_length
+from .segments import FileRange, Piece, Segment, as_vector, copy_into, pieces, vector_length
 from .stats import Statistics
 from .status import Status, StatusCode
 from .wire import Header, PacketType, pack_header
 
 _PING = Header(PacketType.PING).pack()
 _PONG = Header(PacketType.PONG).pack()
+
+
+def _ctl(header: bytes) -> OutFrame:
+    return OutFrame(header, [], 0, None, simple=True)
 
 
 class Request:
@@ -112,6 +116,7 @@ class OutFrame:
     request: Request | None = None  # completes when this frame is on the wire (eager sends)
     bulk: bool = False
     region: Any = None  # gm: the registered bounce buffer to recycle once sent
+    simple: bool = False  # every piece is in memory (no FileRange): eligible for the fast path
 
 
 @dataclass(slots=True)
@@ -207,13 +212,15 @@ class Engine:
             hdr = pack_header(PacketType.EAGER, n, match, n)
             if len(vec) == 1 and vec[0].frange is None and len(vec[0].views) == 1:
                 body = list(vec[0].views) if n else []  # the common case: one buffer
+                simple = True
             else:
                 body = list(pieces(vec, 0, n))
-            return req, [OutFrame(hdr, body, n, req)]
+                simple = not any(type(p) is FileRange for p in body)
+            return req, [OutFrame(hdr, body, n, req, simple=simple)]
         self.stats.rendezvous_sends += 1
         req.handle = self._handle(st)
         st.sends[req.handle] = req
-        return req, [OutFrame(Header(PacketType.RNDV, 0, match, n, req.handle).pack())]
+        return req, [_ctl(pack_header(PacketType.RNDV, 0, match, n, req.handle))]
 
     def irecv(self, segments: Any, match: int, mask: int, peer: Hashable | None = None
               ) -> tuple[Request, list[OutFrame]]:
@@ -349,7 +356,7 @@ class Engine:
             self.stats.count_receive("large", req.want)
             code = StatusCode.TRUNCATED if req.want < req.msg_length else StatusCode.SUCCESS
             req._complete(code, req.msg_length, req.want)
-            return [OutFrame(Header(PacketType.NOTIFY, 0, req.send_handle, req.want).pack())]
+            return [_ctl(pack_header(PacketType.NOTIFY, 0, req.send_handle, req.want))]
         if t is PacketType.RNDV:
             req = target
             if req is None:
@@ -368,7 +375,7 @@ class Engine:
             req._complete(code, req.length, h.b)
             return []
         if t is PacketType.PING:
-            return [OutFrame(_PONG)]
+            return [_ctl(_PONG)]
         if t in (PacketType.PONG, PacketType.BYE):
             return []
         raise ProtocolError(f"unexpected {t.name} frame on an mx connection")
@@ -381,7 +388,7 @@ class Engine:
         req.want = min(msg_length, req.length)
         req.send_handle = send_handle
         req.handle = self._handle(st)
-        pull = OutFrame(Header(PacketType.PULL, 0, req.handle, send_handle, req.want).pack())
+        pull = _ctl(pack_header(PacketType.PULL, 0, req.handle, send_handle, req.want))
         if req.want == 0:
             self.stats.count_receive("large" if msg_length > self.config.eager_max else "tiny", 0)
             code = StatusCode.TRUNCATED if msg_length else StatusCode.SUCCESS

@@ -12,7 +12,6 @@ import errno
 import fcntl
 import os
 import socket
-import time
 from collections.abc import Callable
 
 import trio
@@ -29,25 +28,10 @@ class PeerGone(Exception):
     """The connection ended (EOF or reset) while we needed more bytes."""
 
 
-def _spin_recv(sock: socket.socket, view: memoryview, spin: float) -> int:
-    """MX polls a while before blocking: an idle vCPU halts and waking it costs more than a
-    short spin. Retry the non-blocking receive for up to ``spin`` seconds, but only when no
-    other trio task is waiting to run. Returns bytes read, or -1 if nothing came."""
-    if trio.lowlevel.current_statistics().tasks_runnable:
-        return -1
-    deadline = time.perf_counter() + spin
-    while time.perf_counter() < deadline:
-        try:
-            return sock.recv_into(view)
-        except BlockingIOError:
-            continue
-    return -1
-
-
-async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0.0,
+async def recv_exact_into(sock: socket.socket, view: memoryview,
                           idle: Callable[[], None] | None = None) -> None:
     """Fill ``view`` from the socket. ``idle`` runs whenever the socket has nothing to give
-    (the reader flushes the replies it batched up), then we spin ``spin`` s, then sleep."""
+    (the reader flushes the replies it batched up) before we sleep."""
     got, n = 0, view.nbytes
     while got < n:
         try:
@@ -56,7 +40,7 @@ async def recv_exact_into(sock: socket.socket, view: memoryview, spin: float = 0
             except BlockingIOError:
                 if idle is not None:
                     idle()
-                k = _spin_recv(sock, view[got:], spin) if spin else -1
+                k = -1
         except OSError as e:
             raise PeerGone(str(e)) from None
         if k < 0:

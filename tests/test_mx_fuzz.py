@@ -160,10 +160,6 @@ async def test_unexpected_flood_is_bounded():
             sock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a peer paused on a full unexpected queue is never "
-                   "reaped after it disconnects (the reader waits for room and does not see "
-                   "EOF; keepalive skips paused peers), so its messages fill the shared queue "
-                   "for every other peer forever")
 async def test_paused_peer_that_disconnects_is_reaped():
     cfg = Config(unexpected_max_count=2, keepalive=0.1, peer_timeout=0.3)
     async with endpoint_pair("mx", cfg) as pair:
