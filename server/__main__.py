@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from contextlib import AsyncExitStack
 
@@ -19,6 +20,7 @@ import trio
 
 import mxnet
 from mxfs.options import OptionError, parse_address
+from mxfs.rpc import leaf_exception
 
 from .confine import Export
 from .handles import HandleTable
@@ -42,30 +44,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _free_port_pair(host: str) -> int:
+    """A port p such that p and p+1 are both free right now (for port 0 with two transports)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(family) as s2:
+                s2.bind((host, port + 1))
+            return port
+        except OSError:
+            continue
+    raise OSError("no two consecutive free ports found")
+
+
 async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: bytes,
                           transports: list[str]) -> list[object]:
-    """Open one endpoint per transport on consecutive ports (retrying if port 0 collides)."""
-    for _attempt in range(20):
+    """Open one endpoint per transport on consecutive ports."""
+    for attempt in range(10):
+        base = port or (_free_port_pair(host or "0.0.0.0") if len(transports) > 1 else 0)
         inner = AsyncExitStack()
-        await inner.__aenter__()
         eps: list[object] = []
         try:
-            base = port
             for i, t in enumerate(transports):
-                want = base + i if (i or base) else 0
                 ep = await inner.enter_async_context(
-                    mxnet.open_endpoint(host, want, key=key, transport=t))
-                if i == 0:
-                    base = ep.address[1]
+                    mxnet.open_endpoint(host, base + i if base else 0, key=key, transport=t))
                 eps.append(ep)
-        except OSError:
+        except BaseException as e:
             await inner.aclose()
-            if port:
-                raise
-            continue
+            leaf = leaf_exception(e)
+            if port or attempt == 9 or not isinstance(leaf, OSError):
+                raise leaf from None
+            continue  # someone took the port meanwhile: pick another pair
         stack.push_async_exit(inner)
         return eps
-    raise OSError("no two consecutive free ports found")
+    raise OSError("cannot open the endpoints")
 
 
 async def serve(args: argparse.Namespace, key: bytes) -> None:
