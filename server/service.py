@@ -184,5 +184,3 @@ class Service:
         d["open_handles"] = len(self.fs.handles)
         return d
 
-
-__all__ = ["Service", "MASK_ALL"]
