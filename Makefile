@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync git sqlite3 fio attr
+APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync git sqlite3 fio attr iproute2 util-linux
 
 .PHONY: all deps sysdeps test test-fast lint demo demo-stop bench clean
 
