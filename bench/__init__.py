@@ -1,0 +1,1 @@
+"""mxfs benchmark harness: `python -m bench` (make bench). See bench/README.md."""
