@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C / SIGTERM / SIGHUP: turn into KeyboardInterrupt so the finally below tears down
     def on_signal(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
-    for s in (signal.SIGTERM, signal.SIGHUP):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
 
     deps.ensure(log=say)
