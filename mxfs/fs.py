@@ -37,10 +37,12 @@ from .inodes import ROOT_INODE, InodeTable, StaleInode
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
 from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
+from .writeback import MAX_AGE, Run, worth_buffering
 
 log = logging.getLogger("mxfs")
 
 STATS_XATTR = b"user.mxfs.stats"
+CAPABILITY = b"security.capability"
 DOTS = 2  # readdir offsets 1 and 2 are "." and ".."
 _REOPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
@@ -71,6 +73,9 @@ class OpenFile:
     hid: int
     epoch: int
     lock: trio.Lock = field(default_factory=trio.Lock)
+    wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
+    run: Run | None = None  # small writes answered but not yet sent (writeback.py)
+    error: int = 0  # a failed write-behind run, reported by the next write/flush/fsync
 
 
 @dataclass
@@ -81,6 +86,12 @@ class OpenDir:
     # entries fetched but not yet taken by the kernel: (own offset, name, next offset, stat)
     buffered: list[tuple[int, bytes, int, StatTuple]] = field(default_factory=list)
     eof_after_buffer: bool = False
+
+
+def _raise_deferred(f: OpenFile) -> None:
+    if f.error:
+        err, f.error = f.error, 0
+        raise FUSEError(err)
 
 
 class MxfsOperations(pyfuse3.Operations):
@@ -95,6 +106,8 @@ class MxfsOperations(pyfuse3.Operations):
         self.dirs: dict[int, OpenDir] = {}
         self._fh = itertools.count(1)
         self.initialized = trio.Event()
+        self.dirty: set[int] = set()  # file handles with a pending write-behind run
+        self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
 
     def init(self) -> None:
         self.initialized.set()
@@ -178,8 +191,18 @@ class MxfsOperations(pyfuse3.Operations):
             st = await self.rpc.call(Op.GETATTR, self._path(target))
             self.inodes.get(target).nlookup += 1
             return self._entry(target, st)
-        st = await self.rpc.call(Op.GETATTR, self._child(parent_inode, name))
-        return self._learn(parent_inode, name, st)
+        path = self._child(parent_inode, name)
+        st = await self.rpc.call(Op.GETATTR, path)
+        entry = self._learn(parent_inode, name, st)
+        if self.dirty and self._has_run(entry.st_ino):  # its size must include what we hold
+            await self._settle_inode(entry.st_ino)
+            entry = self._entry(entry.st_ino, await self.rpc.call(Op.GETATTR, path))
+        return entry
+
+    def _has_run(self, ino: int) -> bool:
+        node = self.inodes._inodes.get(ino)
+        return node is not None and any(
+            (f := self.files.get(fh)) is not None and f.run is not None for fh in node.handles)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -190,6 +213,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        await self._settle_inode(inode)
         node = self.inodes.get(inode)
         for fh in list(node.handles):
             f = self.files.get(fh)
@@ -205,6 +229,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> EntryAttributes:
+        await self._settle_inode(inode)
         args = [
             attr.st_mode if fields.update_mode else None,
             attr.st_uid if fields.update_uid else None,
@@ -324,6 +349,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def read(self, fh: int, off: int, size: int) -> Any:
         f = self._file(fh)
+        await self._settle_inode(f.ino)
         for _ in range(3):
             hid, epoch = await self._fresh_handle(f)
             try:
@@ -335,13 +361,93 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
+        n = len(buf)
+        async with f.wlock:
+            _raise_deferred(f)
+            run = f.run
+            if run is not None and run.continues(off, n):
+                run.add(buf)  # answered now, sent with the rest of the run
+                return n
+            if run is not None:
+                await self._send_run(f)
+            if worth_buffering(n):
+                f.run = Run(off, [buf], n, trio.current_time())
+                self.dirty.add(fh)
+                return n
+            return await self._write_now(f, off, buf)
+
+    async def _write_now(self, f: OpenFile, off: int, data: Any) -> int:
         for _ in range(3):
             hid, epoch = await self._fresh_handle(f)
             try:
-                return await self.rpc.write(hid, off, buf, epoch=epoch)
+                return await self.rpc.write(hid, off, data, epoch=epoch)
             except StaleEpoch:
                 continue
         raise FUSEError(errno.EIO)
+
+    async def _send_run(self, f: OpenFile) -> None:
+        """Send the file's pending run (caller holds f.wlock). Raises if it failed."""
+        run, f.run = f.run, None
+        for fh, g in self.files.items():
+            if g is f:
+                self.dirty.discard(fh)
+        if run is None:
+            return
+        try:
+            done = await self._write_now(f, run.off, run.parts)
+        except FUSEError as e:
+            f.error = e.errno
+            raise
+        except OSError as e:
+            f.error = e.errno or errno.EIO
+            raise
+        if done != run.size:
+            f.error = errno.EIO
+            raise FUSEError(errno.EIO)
+
+    async def _settle(self, f: OpenFile, *, report: bool) -> None:
+        """Send f's pending run; with report, raise its (or an earlier) failure."""
+        async with f.wlock:
+            if f.run is not None:
+                try:
+                    await self._send_run(f)
+                except (FUSEError, OSError):
+                    if report:
+                        f.error = 0
+                        raise
+                    return
+            if report:
+                _raise_deferred(f)
+
+    async def _settle_inode(self, ino: int) -> None:
+        """Before anything that must see ino's data or size: send its pending runs."""
+        if not self.dirty:
+            return
+        node = self.inodes._inodes.get(ino)
+        if node is None:
+            return
+        for fh in list(node.handles):
+            f = self.files.get(fh)
+            if f is not None and f.run is not None:
+                await self._settle(f, report=False)
+
+    async def settle_all(self, max_age: float = 0.0) -> None:
+        """Send every pending run at least max_age old (the background flusher; unmount)."""
+        now = trio.current_time()
+        for fh in list(self.dirty):
+            f = self.files.get(fh)
+            if f is None:
+                self.dirty.discard(fh)
+            elif f.run is not None and now - f.run.born >= max_age:
+                await self._settle(f, report=False)
+
+    async def write_behind_task(self) -> None:
+        while True:
+            await trio.sleep(MAX_AGE / 2)
+            try:
+                await self.settle_all(MAX_AGE)
+            except Exception:  # never let the flusher end the mount
+                log.exception("write-behind flusher")
 
     def _file(self, fh: int) -> OpenFile:
         f = self.files.get(fh)
@@ -351,13 +457,16 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh: int) -> None:
-        self._file(fh)  # writes are synchronous: nothing is buffered here
+        await self._settle(self._file(fh), report=True)  # close(2) sees write-behind errors
 
     @_guard
     async def release(self, fh: int) -> None:
-        f = self.files.pop(fh, None)
+        f = self.files.get(fh)
         if f is None:
             return
+        await self._settle(f, report=False)
+        self.files.pop(fh, None)
+        self.dirty.discard(fh)
         self.inodes.closed(f.ino, fh)
         if f.epoch == self.rpc.epoch and self.rpc.peer is not None:
             try:
@@ -367,7 +476,9 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._with_file(self._file(fh), Op.FSYNC, bool(datasync))
+        f = self._file(fh)
+        await self._settle(f, report=True)
+        await self._with_file(f, Op.FSYNC, bool(datasync))
 
     # -- directories ---------------------------------------------------------------------------
     @_guard
@@ -391,6 +502,8 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        if self.dirty:  # readdirplus carries sizes: let them include pending runs
+            await self.settle_all()
         d = self.dirs.get(fh)
         if d is None:
             raise FUSEError(errno.EBADF)
@@ -460,10 +573,18 @@ class MxfsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if inode == ROOT_INODE and name == STATS_XATTR:
             return (await self.stats_json()).encode()
+        if name == CAPABILITY and self._no_cap.get(inode, 0.0) > trio.current_time():
+            raise FUSEError(pyfuse3.ENOATTR)
         try:
             return await self.rpc.call(Op.GETXATTR, self._path(inode), name)
         except RpcError as e:
             if e.errno == errno.ENODATA:
+                if name == CAPABILITY:
+                    # the kernel asks before EVERY write (to drop file capabilities): remember
+                    # "none" for attr_timeout, as attributes are remembered
+                    if len(self._no_cap) > 65536:
+                        self._no_cap.clear()
+                    self._no_cap[inode] = trio.current_time() + self.opts.attr_timeout
                 raise FUSEError(pyfuse3.ENOATTR) from None
             raise
 
@@ -471,6 +592,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         if inode == ROOT_INODE and name == STATS_XATTR:
             raise FUSEError(errno.EPERM)
+        self._no_cap.pop(inode, None)
         await self.rpc.call(Op.SETXATTR, self._path(inode), name, value, 0)
 
     @_guard
@@ -479,6 +601,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._no_cap.pop(inode, None)
         try:
             await self.rpc.call(Op.REMOVEXATTR, self._path(inode), name)
         except RpcError as e:

@@ -155,13 +155,13 @@ class RpcClient:
                               peer=peer)
                 posted.append(rd)
             segs = [mxnet.user(encode_request(op, *args))]
-            if inline is not None and len(inline):
-                segs.append(mxnet.user(inline))
+            if inline is not None:
+                segs += [mxnet.user(p) for p in _parts(inline) if len(p)]
             # sends need no wait: their segments stay referenced by the requests, a lost peer
             # fails the reply receive too, and the reply comes only after all WDATA arrived
             ep.isend(peer, segs, make_match(Kind.REQ, rid))
             if wdata is not None:
-                ep.isend(peer, [mxnet.user(wdata)], make_match(Kind.WDATA, rid))
+                ep.isend(peer, [mxnet.user(p) for p in _parts(wdata)], make_match(Kind.WDATA, rid))
             st = await self._wait(rx, deadline, peer)
             if not st.ok:
                 raise RpcError(errno.EIO, f"reply {st.code.name}")
@@ -201,7 +201,8 @@ class RpcClient:
         return memoryview(buf)[:n]
 
     async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> int:
-        n = len(data)
+        """Write one buffer, or a list of buffers back to back (sent as one vector)."""
+        n = sum(len(p) for p in data) if isinstance(data, list) else len(data)
         if n <= INLINE_MAX:
             return await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
         return await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
@@ -212,6 +213,10 @@ class RpcClient:
         d["reconnects"] = self.reconnects
         d["connected"] = self.peer is not None
         return d
+
+
+def _parts(data: Any) -> list[Any]:
+    return data if isinstance(data, list) else [data]
 
 
 @asynccontextmanager

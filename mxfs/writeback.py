@@ -1,0 +1,51 @@
+"""Write-behind for small writes: gather a contiguous run, send it as one vector, no copy.
+
+How this works
+--------------
+Without the kernel's writeback cache (which would break close-to-open between clients, see
+fs.py), every write(2) reaches us as its own FUSE request: `dd bs=4k` would cost one network
+round trip per 4 KiB. Instead a write that continues the file's pending run is answered at
+once and kept — the very `bytes` object pyfuse3 handed us, never copied. The run goes to the
+server as ONE message whose segments are those objects (MX vectors: up to 256 segments)
+when it reaches RUN_MAX bytes or MAX_PARTS pieces, when a write does not continue it, and
+before anything that must see the data: flush (close), fsync, release, read, getattr,
+setattr and lookup of the same inode; a background task also sends runs older than MAX_AGE.
+
+A failed run is remembered on the file and reported by the next write, flush or fsync
+(like NFS's deferred write errors): close(2) returns it.
+
+This module is pure bookkeeping; fs.py does the sending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RUN_MAX = 1 << 20  # bytes gathered before a run is sent
+MAX_PARTS = 250  # pieces per run (an mxnet message holds 256 segments)
+MAX_AGE = 0.5  # seconds a run may wait for more data
+
+
+@dataclass
+class Run:
+    off: int
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    born: float = 0.0
+
+    @property
+    def end(self) -> int:
+        return self.off + self.size
+
+    def continues(self, off: int, n: int) -> bool:
+        """Would a write of n bytes at off extend this run within its limits?"""
+        return off == self.end and self.size + n <= RUN_MAX and len(self.parts) < MAX_PARTS
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+
+def worth_buffering(n: int) -> bool:
+    """Large writes go out directly: gathering only pays for small ones."""
+    return 0 < n < RUN_MAX // 2
