@@ -28,6 +28,7 @@ import trio
 
 import mxnet
 
+from .bufpool import BufferPool
 from .rpcproto import (
     INLINE_MAX,
     LARGE_REPLY_OPS,
@@ -71,6 +72,7 @@ class RpcClient:
         self.epoch = 0
         self.reconnects = 0
         self._rids = itertools.count(1)
+        self.buffers = BufferPool()
         self._pending: set[int] = set()
         self._connected = trio.Event()
         self._lost = trio.Event()
@@ -196,7 +198,7 @@ class RpcClient:
 
     async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
         """Read into a fresh buffer (zero copy on the mx path); returns a view of what came."""
-        buf = bytearray(size)
+        buf = self.buffers.get(size)
         n = await self.call(Op.READ, hid, off, size, epoch=epoch, rbuf=buf)
         return memoryview(buf)[:n]
 

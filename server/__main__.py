@@ -29,6 +29,11 @@ from .service import Service
 
 log = logging.getLogger("mxfs.server")
 
+# Read data goes to a receive the client posted before asking, so the server may send it
+# eagerly: no RNDV/PULL/NOTIFY round trip per read. (The client keeps the default 32 KiB
+# threshold, so its large writes still wait in the unexpected queue as a rendezvous only.)
+SERVER_CONFIG = mxnet.Config(eager_max=int(os.environ.get("MXFS_SERVER_EAGER_MAX", 4 << 20)))
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mxfs-server", description="mxfs I/O server")
@@ -70,7 +75,8 @@ async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: byte
         try:
             for i, t in enumerate(transports):
                 ep = await inner.enter_async_context(
-                    mxnet.open_endpoint(host, base + i if base else 0, key=key, transport=t))
+                    mxnet.open_endpoint(host, base + i if base else 0, key=key, transport=t,
+                                        config=SERVER_CONFIG))
                 eps.append(ep)
         except BaseException as e:
             await inner.aclose()
