@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[test,bench]'
+	@if [ "$$(id -u)" = 0 ]; then $(PY) -m mxfs.cli install-helper --dir /sbin; \
+	  else echo "not root: skipping /sbin/mount.fuse.mxfs (mount -t fuse.mxfs)"; fi
 	touch $(STAMP)
 
 deps: sysdeps $(STAMP)
