@@ -243,7 +243,7 @@ def plots(agg, peers: list[str], out: Path, subtitle: str) -> list[Path]:
 
     written: list[Path] = []
 
-    def bars(ax, keys: list[Key], title: str) -> None:
+    def bars(ax, keys: list[Key], title: str, logy: bool = False) -> None:
         n = len(peers)
         width = 0.8 / n
         for i, p in enumerate(peers):
@@ -265,6 +265,8 @@ def plots(agg, peers: list[str], out: Path, subtitle: str) -> list[Path]:
         ax.set_ylabel(unit + ("" if higher else " (lower is better)"))
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
+        if logy:
+            ax.set_yscale("log")
 
     def save(fig, name: str) -> None:
         fig.suptitle(subtitle, fontsize=8, y=0.01, va="bottom")
@@ -299,7 +301,8 @@ def plots(agg, peers: list[str], out: Path, subtitle: str) -> list[Path]:
         for ax, g in zip(axes, groups, strict=False):
             sel = [k for k in ks if k[1] in g]
             if sel:
-                bars(ax, sel, WORKLOAD_TITLES[w] if g[0] != "total" else "total")
+                bars(ax, sel, WORKLOAD_TITLES[w] if g[0] != "total" else "total",
+                     logy=g[0] != "total")
         axes[0].legend(fontsize=7)
         save(fig, f"{w}.png")
 
@@ -323,7 +326,9 @@ def plots(agg, peers: list[str], out: Path, subtitle: str) -> list[Path]:
         else:
             ax.set_xticks([int(k[2]) for k in ks])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("MB/s")
+        ax.set_ylabel("MB/s" + (" (log scale)" if logx else ""))
+        if logx:
+            ax.set_yscale("log")
         ax.set_title(WORKLOAD_TITLES[w], fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -32,7 +32,7 @@ def human(n: int) -> str:
 @dataclass
 class Config:
     rounds: int = 3
-    seq_size: int = 256 * M
+    seq_size: int = 1 * G
     rand_size: int = 256 * M
     rand_runtime: int = 10
     # (file size, number of files read per point)
