@@ -308,7 +308,10 @@ def render(header, agg, peers, tgt, mxnet_md, stats, pngs, out: Path) -> str:
           "",
           f"Load average at start {h['load_start']}, at end {h['load_end']}. "
           "Everything runs on one 2-vCPU machine: client, server and tools share the CPUs, and "
-          "any other work on the machine (test suites, builds) shows up in these numbers.", ""]
+          "any other work on the machine (test suites, builds) shows up in these numbers. "
+          "Cold reads come from the VM's virtual disk, whose speed depends on the host's cache "
+          "(the same peer can read at 200 or 900 MB/s in different rounds): look at the spread "
+          "and at results.jsonl before trusting a cold-read median.", ""]
     if h["busy_start"] or h["busy_end"]:
         L += ["Other processes using ≥ 5 % CPU when the run started / ended:", ""]
         L += [f"- start: `{b}`" for b in h["busy_start"]] + [f"- end: `{b}`" for b in h["busy_end"]]
