@@ -102,6 +102,10 @@ class InodeTable:
         if (node.parent, node.name) == (parent, name):
             self._by_name[(parent, name)] = node.ino
             return
+        if parent == node.ino:  # impossible on a real tree: the table is stale
+            self._unname(node)
+            return
+        self._break_cycle(node, parent)
         old = self._by_name.get((parent, name))
         if old is not None and old != node.ino:
             self._unname(self._inodes[old])
@@ -110,6 +114,21 @@ class InodeTable:
         self._unname(node)
         node.parent, node.name = parent, name
         self._by_name[(parent, name)] = node.ino
+
+    def _break_cycle(self, node: Inode, parent: int) -> None:
+        """Naming *node* under *parent* would make it its own ancestor: what we remember of
+        parent's ancestry is stale (another client moved things). Forget the link just
+        below *node* on that chain; the subtree is looked up afresh when next used."""
+        cur = self._inodes.get(parent)
+        hops = 0
+        while cur is not None and cur.parent and hops < 4096:
+            if cur.parent == node.ino:
+                node.children += 1  # keep node alive while it loses that child
+                self._unname(cur)
+                node.children -= 1
+                return
+            cur = self._inodes.get(cur.parent)
+            hops += 1
 
     def lookup(self, parent: int, name: bytes, key: Key) -> int:
         """Record that *name* in *parent* is the server object *key*; count one kernel lookup."""

@@ -33,6 +33,7 @@ from .rpcproto import (
     INLINE_MAX,
     LARGE_REPLY_OPS,
     MASK_ALL,
+    READ_HDR,
     REPLY_LARGE,
     REPLY_SMALL,
     Kind,
@@ -136,7 +137,7 @@ class RpcClient:
 
     # -- calls ---------------------------------------------------------------------------------
     async def call(self, op: Op, *args: Any, epoch: int | None = None, inline: Any = None,
-                   wdata: Any = None, rbuf: Any = None) -> Any:
+                   wdata: Any = None) -> Any:
         """Send one request and return its result; raise RpcError(errno) on failure."""
         deadline = trio.current_time() + self.timeout
         peer = await self._wait_peer(deadline)
@@ -151,11 +152,6 @@ class RpcClient:
             rx = ep.irecv([mxnet.user(reply_buf)], make_match(Kind.REPLY, rid), MASK_ALL,
                           peer=peer)
             posted.append(rx)
-            rd = None
-            if rbuf is not None:
-                rd = ep.irecv([mxnet.user(rbuf)], make_match(Kind.RDATA, rid), MASK_ALL,
-                              peer=peer)
-                posted.append(rd)
             segs = [mxnet.user(encode_request(op, *args))]
             if inline is not None:
                 segs += [mxnet.user(p) for p in _parts(inline) if len(p)]
@@ -170,12 +166,6 @@ class RpcClient:
             err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
             if err:
                 raise RpcError(err)
-            if rd is not None:
-                if result:
-                    s = await self._wait(rd, deadline, peer)
-                    if not s.ok:
-                        raise RpcError(errno.EIO, f"read data {s.code.name}")
-                    result = min(result, s.xfer_length)
             return result
         except (ProtocolError, mxnet.MxError) as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
@@ -197,9 +187,36 @@ class RpcClient:
             raise RpcError(errno.EIO, "timed out") from None
 
     async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
-        """Read into a fresh buffer (zero copy on the mx path); returns a view of what came."""
+        """Read into a pooled buffer (zero copy on the mx path); returns a view of what came.
+        One request, one answer: header and data arrive as a single RDATA message."""
+        deadline = trio.current_time() + self.timeout
+        peer = await self._wait_peer(deadline)
+        if epoch != self.epoch:
+            raise StaleEpoch()
+        rid = next(self._rids)
         buf = self.buffers.get(size)
-        n = await self.call(Op.READ, hid, off, size, epoch=epoch, rbuf=buf)
+        hdr = bytearray(READ_HDR.size)
+        ep = self.ep
+        self._pending.add(rid)
+        rd = ep.irecv([mxnet.user(hdr), mxnet.user(buf)], make_match(Kind.RDATA, rid), MASK_ALL,
+                      peer=peer)
+        try:
+            ep.isend(peer, [mxnet.user(encode_request(Op.READ, hid, off, size))],
+                     make_match(Kind.REQ, rid))
+            st = await self._wait(rd, deadline, peer)
+        except mxnet.MxError as e:
+            raise RpcError(errno.EIO, f"transport: {e}") from None
+        finally:
+            self._pending.discard(rid)
+            if not rd.done:
+                rd.cancel()
+        if st.code is not mxnet.StatusCode.SUCCESS or st.xfer_length < READ_HDR.size:
+            raise RpcError(errno.EIO, f"read answer {st.code.name}")
+        err, n = READ_HDR.unpack(hdr)
+        if err:
+            raise RpcError(err)
+        if n > size or READ_HDR.size + n != st.xfer_length:
+            raise RpcError(errno.EIO, "read answer of the wrong length")
         return memoryview(buf)[:n]
 
     async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> int:

@@ -16,9 +16,11 @@ clients never meet.
                               is written with os.pwrite(fd, memoryview-slice): no copy.
     REPLY  server -> client   msgpack [errno, result]; errno 0 means success. The client
                               posts this receive (peer=server) before it sends REQ.
-    RDATA  server -> client   READ data: the client posts a receive of the read size
-                              before sending REQ; the server sends mxnet.file(fd, off, n)
-                              (sendfile on the mx path) and then the REPLY carrying n.
+    RDATA  server -> client   the whole answer to a READ, in ONE message: a fixed
+                              READ_HDR (errno, n) then the data. The client posts one receive
+                              [header buffer, data buffer] before sending REQ; the server sends
+                              [header, mxnet.file(fd, off, n)] (sendfile on the mx path): the
+                              data lands in the client's buffer, no REPLY message.
     WDATA  client -> server   WRITE data larger than INLINE_MAX: sent right after REQ; the
                               server posts mxnet.file(fd, off, len) (spliced into the file).
 
@@ -103,6 +105,9 @@ STAT_FIELDS = (
 StatTuple = Sequence[int]
 
 _HLEN = struct.Struct("<I")
+
+
+READ_HDR = struct.Struct("<iI")  # errno, bytes of data that follow
 
 
 def make_match(kind: Kind, rid: int) -> int:

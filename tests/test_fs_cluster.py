@@ -80,7 +80,7 @@ async def test_escape_attempts_refused(tmp_path):
             assert ei.value.errno == errno.EACCES
             # a bogus handle is refused, the server survives garbage
             with pytest.raises(RpcError) as ei:
-                await rpc.call(Op.READ, 999999, 0, 10)
+                await rpc.read(999999, 0, 10, epoch=rpc.epoch)
             assert ei.value.errno == errno.EBADF
             with pytest.raises(RpcError) as ei:
                 await rpc.call(250)

@@ -69,7 +69,7 @@ def test_rename_over_and_exchange():
         t.path(a)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["lookup", "forget", "rename", "remove"]),
                           st.integers(0, 5), st.integers(0, 5), st.integers(1, 3)),
                 max_size=60))
