@@ -468,11 +468,9 @@ class MxfsOperations(pyfuse3.Operations):
         self.files.pop(fh, None)
         self.dirty.discard(fh)
         self.inodes.closed(f.ino, fh)
-        if f.epoch == self.rpc.epoch and self.rpc.peer is not None:
-            try:
-                await self.rpc.call(Op.RELEASE, f.hid, epoch=f.epoch)
-            except (RpcError, StaleEpoch):
-                pass  # the server drops handles of lost clients by itself
+        # no need to wait for the answer: the data went out with flush (close-to-open), and
+        # the server drops a lost client's handles by itself
+        self.rpc.post(Op.RELEASE, f.hid, epoch=f.epoch)
 
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -555,11 +553,8 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def releasedir(self, fh: int) -> None:
         d = self.dirs.pop(fh, None)
-        if d is not None and d.epoch == self.rpc.epoch and self.rpc.peer is not None:
-            try:
-                await self.rpc.call(Op.RELEASE, d.hid, epoch=d.epoch)
-            except (RpcError, StaleEpoch):
-                pass
+        if d is not None:
+            self.rpc.post(Op.RELEASE, d.hid, epoch=d.epoch)
 
     @_guard
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

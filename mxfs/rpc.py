@@ -175,6 +175,21 @@ class RpcClient:
                 if not req.done:
                     req.cancel()
 
+    def post(self, op: Op, *args: Any, epoch: int | None = None) -> None:
+        """Send a request whose answer nobody needs (RELEASE): no round trip to wait for.
+        Its reply receive is posted, so the answer lands and is dropped, never queued."""
+        peer = self.peer
+        if peer is None or (epoch is not None and epoch != self.epoch):
+            return  # the server dropped this connection's handles by itself
+        rid = next(self._rids)
+        try:
+            self.ep.irecv([mxnet.user(bytearray(REPLY_SMALL))], make_match(Kind.REPLY, rid),
+                          MASK_ALL, peer=peer)
+            self.ep.isend(peer, [mxnet.user(encode_request(op, *args))],
+                          make_match(Kind.REQ, rid))
+        except mxnet.MxError as e:
+            log.debug("posting %s failed: %s", op.name, e)
+
     async def _wait(self, req: Any, deadline: float, peer: Any) -> Any:
         remaining = deadline - trio.current_time()
         try:
