@@ -37,7 +37,7 @@ from .inodes import ROOT_INODE, InodeTable, StaleInode
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
 from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
-from .writeback import MAX_AGE, Run, worth_buffering
+from .writeback import MAX_AGE, MAX_INFLIGHT, Run, worth_buffering
 
 log = logging.getLogger("mxfs")
 
@@ -76,6 +76,8 @@ class OpenFile:
     wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
     run: Run | None = None  # small writes answered but not yet sent (writeback.py)
     error: int = 0  # a failed write-behind run, reported by the next write/flush/fsync
+    inflight: list[tuple[int, int]] = field(default_factory=list)  # runs on the wire
+    changed: trio.Event = field(default_factory=trio.Event)  # set when one of them ends
 
 
 @dataclass
@@ -107,6 +109,7 @@ class MxfsOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.initialized = trio.Event()
         self.dirty: set[int] = set()  # file handles with a pending write-behind run
+        self._senders: trio.Nursery | None = None  # where write-behind runs travel
         self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
 
     def init(self) -> None:
@@ -194,7 +197,7 @@ class MxfsOperations(pyfuse3.Operations):
         path = self._child(parent_inode, name)
         st = await self.rpc.call(Op.GETATTR, path)
         entry = self._learn(parent_inode, name, st)
-        if self.dirty and self._has_run(entry.st_ino):  # its size must include what we hold
+        if self._has_run(entry.st_ino):  # its size must include what we hold
             await self._settle_inode(entry.st_ino)
             entry = self._entry(entry.st_ino, await self.rpc.call(Op.GETATTR, path))
         return entry
@@ -202,7 +205,8 @@ class MxfsOperations(pyfuse3.Operations):
     def _has_run(self, ino: int) -> bool:
         node = self.inodes._inodes.get(ino)
         return node is not None and any(
-            (f := self.files.get(fh)) is not None and f.run is not None for fh in node.handles)
+            (f := self.files.get(fh)) is not None and (f.run is not None or f.inflight)
+            for fh in node.handles)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -374,6 +378,8 @@ class MxfsOperations(pyfuse3.Operations):
                 f.run = Run(off, [buf], n, trio.current_time())
                 self.dirty.add(fh)
                 return n
+            await self._drain(f, 0)  # a direct write must not overtake runs on the wire
+            _raise_deferred(f)
             return await self._write_now(f, off, buf)
 
     async def _write_now(self, f: OpenFile, off: int, data: Any) -> int:
@@ -386,49 +392,68 @@ class MxfsOperations(pyfuse3.Operations):
         raise FUSEError(errno.EIO)
 
     async def _send_run(self, f: OpenFile) -> None:
-        """Send the file's pending run (caller holds f.wlock). Raises if it failed."""
+        """Put the file's pending run on the wire (caller holds f.wlock). Up to MAX_INFLIGHT
+        runs of one file travel at once, so a sequential writer streams instead of waiting
+        a round trip per MiB; a run that overlaps one still travelling waits for it."""
         run, f.run = f.run, None
         for fh, g in self.files.items():
             if g is f:
                 self.dirty.discard(fh)
         if run is None:
             return
+        if any(a < run.end and run.off < b for a, b in f.inflight):
+            await self._drain(f, 0)
+        else:
+            await self._drain(f, MAX_INFLIGHT - 1)
+        if self._senders is None:  # no background sender (not mounted): send inline
+            await self._sender(f, run)
+            _raise_deferred(f)
+            return
+        f.inflight.append((run.off, run.end))
+        self._senders.start_soon(self._sender, f, run, True)
+
+    async def _sender(self, f: OpenFile, run: Run, tracked: bool = False) -> None:
         try:
             done = await self._write_now(f, run.off, run.parts)
+            if done != run.size:
+                f.error = f.error or errno.EIO
         except FUSEError as e:
-            f.error = e.errno
-            raise
+            f.error = f.error or e.errno
         except OSError as e:
-            f.error = e.errno or errno.EIO
-            raise
-        if done != run.size:
-            f.error = errno.EIO
-            raise FUSEError(errno.EIO)
+            f.error = f.error or e.errno or errno.EIO
+        except Exception:
+            log.exception("write-behind run")
+            f.error = f.error or errno.EIO
+        finally:
+            if tracked:
+                f.inflight.remove((run.off, run.end))
+            f.changed.set()
+            f.changed = trio.Event()
+
+    async def _drain(self, f: OpenFile, at_most: int) -> None:
+        """Wait until no more than at_most of f's runs are on the wire."""
+        while len(f.inflight) > at_most:
+            await f.changed.wait()
 
     async def _settle(self, f: OpenFile, *, report: bool) -> None:
-        """Send f's pending run; with report, raise its (or an earlier) failure."""
+        """Send f's pending run and wait for all its runs; with report, raise a failure."""
         async with f.wlock:
             if f.run is not None:
-                try:
-                    await self._send_run(f)
-                except (FUSEError, OSError):
-                    if report:
-                        f.error = 0
-                        raise
-                    return
+                await self._send_run(f)
+            await self._drain(f, 0)
             if report:
                 _raise_deferred(f)
+            elif f.error:
+                log.warning("write-behind failed on inode %d: %s", f.ino, os.strerror(f.error))
 
     async def _settle_inode(self, ino: int) -> None:
         """Before anything that must see ino's data or size: send its pending runs."""
-        if not self.dirty:
-            return
         node = self.inodes._inodes.get(ino)
         if node is None:
             return
         for fh in list(node.handles):
             f = self.files.get(fh)
-            if f is not None and f.run is not None:
+            if f is not None and (f.run is not None or f.inflight):
                 await self._settle(f, report=False)
 
     async def settle_all(self, max_age: float = 0.0) -> None:
@@ -439,15 +464,20 @@ class MxfsOperations(pyfuse3.Operations):
             if f is None:
                 self.dirty.discard(fh)
             elif f.run is not None and now - f.run.born >= max_age:
-                await self._settle(f, report=False)
+                async with f.wlock:
+                    if f.run is not None:
+                        await self._send_run(f)
 
     async def write_behind_task(self) -> None:
-        while True:
-            await trio.sleep(MAX_AGE / 2)
-            try:
-                await self.settle_all(MAX_AGE)
-            except Exception:  # never let the flusher end the mount
-                log.exception("write-behind flusher")
+        """Runs for the life of the mount: hosts the run senders, sends runs that aged."""
+        async with trio.open_nursery() as senders:
+            self._senders = senders
+            while True:
+                await trio.sleep(MAX_AGE / 2)
+                try:
+                    await self.settle_all(MAX_AGE)
+                except Exception:  # never let the flusher end the mount
+                    log.exception("write-behind flusher")
 
     def _file(self, fh: int) -> OpenFile:
         f = self.files.get(fh)
@@ -500,8 +530,9 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        if self.dirty:  # readdirplus carries sizes: let them include pending runs
-            await self.settle_all()
+        for f in list(self.files.values()):  # readdirplus carries sizes: include our writes
+            if f.run is not None or f.inflight:
+                await self._settle(f, report=False)
         d = self.dirs.get(fh)
         if d is None:
             raise FUSEError(errno.EBADF)

@@ -14,6 +14,10 @@ setattr and lookup of the same inode; a background task also sends runs older th
 A failed run is remembered on the file and reported by the next write, flush or fsync
 (like NFS's deferred write errors): close(2) returns it.
 
+Up to MAX_INFLIGHT runs of one file travel at once (a sequential writer streams rather than
+paying a round trip per run); a run that overlaps one still travelling waits for it, and a
+write too large to gather waits for all of them, so the server sees overlapping data in order.
+
 This module is pure bookkeeping; fs.py does the sending.
 """
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 RUN_MAX = 1 << 20  # bytes gathered before a run is sent
 MAX_PARTS = 250  # pieces per run (an mxnet message holds 256 segments)
 MAX_AGE = 0.5  # seconds a run may wait for more data
+MAX_INFLIGHT = 4  # runs of one file on the wire at once
 
 
 @dataclass
