@@ -5,8 +5,9 @@
 Theory of operation: install what is missing; run the mxnet transport benchmark; start every
 peer's servers and mount it (a peer that cannot start ends the run with an error, it is never
 left out); write the read workloads' files; then for each round run each workload on every
-peer in turn (peer order rotates by round), with `sync; drop_caches` and a remount of every
-client before the cold-read workloads. Each measurement is appended to results.jsonl as soon as
+peer in turn (peer order rotates by round); before every measurement `sync` (so no peer's
+fsync pays for another's dirty data), and before every cold read also `drop_caches` and a
+remount of the measured client (so no peer reads under the page cache others filled). Each measurement is appended to results.jsonl as soon as
 it is taken. At the end (also on error or Ctrl-C) every mount is unmounted and every process the
 harness started is stopped by PID; then the report (median and min–max over rounds), the plots
 and the PASS/MISS lines for the targets are written and printed.
@@ -49,7 +50,7 @@ def drop_caches() -> None:
 
 
 def cold(peers: list[Peer]) -> None:
-    """Unmount every client, drop the page cache machine-wide, mount again: all caches cold."""
+    """Unmount these clients, sync and drop the page cache machine-wide, mount again."""
     for p in peers:
         p.umount()
     drop_caches()
@@ -203,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"=== round {rnd}/{cfg.rounds} (peer order: {', '.join(p.name for p in order)})"
                 f"  load {loadavg()}")
             for wname, needs_cold, fn in steps:
-                if needs_cold:
-                    t = time.monotonic()
-                    cold(peers)
-                    say(f"  caches dropped, {len(peers)} clients remounted "
-                        f"({time.monotonic() - t:.1f} s)")
                 for p in order:
+                    # every measurement starts from the same machine state: what earlier peers
+                    # left dirty is on disk (or a seqwrite's fsync would flush it for them),
+                    # and a cold read finds an empty page cache whatever ran before it
+                    if needs_cold:
+                        cold([p])
+                    else:
+                        os.sync()
                     t = time.monotonic()
                     rows = fn(p, cfg, rnd)
                     rec.add(p.name, rnd, rows)

@@ -97,7 +97,10 @@ class GMEngine:
 
     def _release(self, region: Region, klass: int) -> None:
         free = self._cache.setdefault(klass, [])
-        if len(free) < _CACHE_PER_CLASS and klass <= 20 or not free:
+        # a registration cache, as GM file systems kept: up to 8 buffers per class up to
+        # 4 MiB (a 1 MiB payload plus its header needs the 2 MiB class), 2 above
+        keep = _CACHE_PER_CLASS if klass <= 22 else 2
+        if len(free) < keep:
             free.append(region)
         else:
             self.table.deregister(region)
