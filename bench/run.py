@@ -5,7 +5,7 @@
 Theory of operation: install what is missing; run the mxnet transport benchmark; start every
 peer's servers and mount it (a peer that cannot start ends the run with an error, it is never
 left out); write the read workloads' files; then for each round run each workload on every
-peer in turn (peer order rotates by round); before every measurement `sync` (so no peer's
+peer in turn (peer order shuffled each round, seeded by the run id); before every measurement `sync` (so no peer's
 fsync pays for another's dirty data), and before every cold read also `drop_caches` and a
 remount of the measured client (so no peer reads under the page cache others filled). Each measurement is appended to results.jsonl as soon as
 it is taken. At the end (also on error or Ctrl-C) every mount is unmounted and every process the
@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import subprocess
@@ -198,9 +199,16 @@ def main(argv: list[str] | None = None) -> int:
             ("meta", False, workloads.metadata),
             ("tree", False, lambda p, c, r: workloads.tree(p, c, r, tarball)),
         ]
+        prev_order: list[Peer] = []
         for rnd in range(1, cfg.rounds + 1):
-            k = (rnd - 1) % len(peers)
-            order = peers[k:] + peers[:k]
+            # a fresh order every round (seeded by the run id, logged below): with a plain rotation
+            # one peer always ran right after `local`, whose 1 GiB write the VM's disk was
+            # still absorbing, and lost 3x on seqwrite in every round
+            order = list(peers)
+            random.Random(f"{run_id}-{rnd}").shuffle(order)
+            if order == prev_order:
+                order.reverse()
+            prev_order = order
             say(f"=== round {rnd}/{cfg.rounds} (peer order: {', '.join(p.name for p in order)})"
                 f"  load {loadavg()}")
             for wname, needs_cold, fn in steps:
@@ -306,7 +314,7 @@ def render(header, agg, peers, tgt, mxnet_md, stats, pngs, out: Path) -> str:
         L += ["> **Not a full run** (" + ("quick sizes" if h["mode"] != "full" else "")
               + (", subset of peers" if h["subset"] else "") + "): smoke numbers only.", ""]
     L += [f"Machine: `{h['host']}`, Linux {h['kernel']}, {h['cpus']} CPUs. "
-          f"{h['rounds']} rounds, peers interleaved round-robin (order rotated each round); "
+          f"{h['rounds']} rounds, peers interleaved (order shuffled each round); "
           f"cells are **median (min–max)** over rounds. Wall time {h['elapsed_s'] // 60} min.",
           "",
           f"Load average at start {h['load_start']}, at end {h['load_end']}. "
