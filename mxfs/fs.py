@@ -72,6 +72,7 @@ class OpenFile:
     flags: int
     hid: int
     epoch: int
+    fh: int = 0  # the kernel's handle for it (key in MxfsOperations.files)
     lock: trio.Lock = field(default_factory=trio.Lock)
     wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
     run: Run | None = None  # small writes answered but not yet sent (writeback.py)
@@ -333,7 +334,7 @@ class MxfsOperations(pyfuse3.Operations):
                 pass
             node.size, node.mtime_ns = st[7], st[11]
         fh = next(self._fh)
-        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch)
+        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh)
         self.inodes.opened(ino, fh)
         return FileInfo(fh=fh, keep_cache=False)
 
@@ -396,9 +397,7 @@ class MxfsOperations(pyfuse3.Operations):
         runs of one file travel at once, so a sequential writer streams instead of waiting
         a round trip per MiB; a run that overlaps one still travelling waits for it."""
         run, f.run = f.run, None
-        for fh, g in self.files.items():
-            if g is f:
-                self.dirty.discard(fh)
+        self.dirty.discard(f.fh)
         if run is None:
             return
         if any(a < run.end and run.off < b for a, b in f.inflight):

@@ -33,7 +33,7 @@ from .config import Config
 from .errors import ProtocolError, RegistrationError
 from .gm import ReceivePool, Region, RegistrationTable, SendTokens, size_class
 from .matching import MASK_ALL, Matcher, check_match
-from .protocol import Inbound, OutFrame, Request
+from .protocol import EngineBase, Inbound, OutFrame, Request
 from .segments import FileRange, as_vector, copy_into, pieces
 from .stats import Statistics
 from .status import Status, StatusCode
@@ -64,7 +64,7 @@ class _PeerState:
     next_sync: int = 1
 
 
-class GMEngine:
+class GMEngine(EngineBase):
     def __init__(self, config: Config | None = None, stats: Statistics | None = None) -> None:
         self.config = config or Config()
         self.stats = stats or Statistics(transport="gm")
@@ -232,25 +232,12 @@ class GMEngine:
 
     def irecv(self, segments: Any, match: int, mask: int, peer: Hashable | None = None
               ) -> tuple[Request, list[OutFrame]]:
-        check_match(match, mask)
-        vec = as_vector(segments, writable=True)
-        req = Request("recv", vec, match, mask, peer, self)
-        if peer is not None and peer not in self.peers:
-            req._complete(StatusCode.PEER_LOST, 0, 0)
-            return req, []
-        u = self.matcher.post(match, mask, peer, req)
+        req, u = self._post(segments, match, mask, peer)
         if u is None:
             return req, []
-        req.peer, req.match = u.peer, u.match
         frames = self._deliver(req, u.item)
         self._room()
         return req, frames
-
-    def cancel(self, req: Request) -> bool:
-        if req.kind != "recv" or req.done or not self.matcher.cancel(req):
-            return False
-        req._complete(StatusCode.CANCELLED, 0, 0)
-        return True
 
     def probe(self, match: int, mask: int, peer: Hashable | None = None) -> Status | None:
         u = self.matcher.probe(match, mask, peer)
@@ -385,15 +372,6 @@ class GMEngine:
         frame = OutFrame(Header(PacketType.GM, CONV.size, klass, CONV.size).pack(), [view],
                          CONV.size, region=region)
         return self._with_token(peer, frame)
-
-    def _completed(self, req: Request) -> None:
-        if self.on_complete is not None:
-            self.on_complete(req)
-
-    def _room(self) -> None:
-        self.stats.unexpected_now = self.matcher.unexpected_count()
-        if self.on_room is not None:
-            self.on_room()
 
 
 _ = RegistrationError

@@ -11,6 +11,8 @@ import hmac
 import os
 import socket
 
+import trio
+
 from . import wire
 from .errors import ConnectError
 from .sockio import PeerGone, recv_exact_into
@@ -21,8 +23,6 @@ def _mac(key: bytes, label: bytes, cn: bytes, sn: bytes) -> bytes:
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
-    import trio
-
     view = memoryview(data)
     while view.nbytes:
         try:

@@ -65,7 +65,7 @@ class Request:
     )
 
     def __init__(self, kind: str, vec: tuple[Segment, ...], match: int, mask: int,
-                 peer: Hashable | None, engine: Engine, sync: bool = False) -> None:
+                 peer: Hashable | None, engine: EngineBase, sync: bool = False) -> None:
         self.kind = kind  # "send" | "recv"
         self.vec = vec
         self.length = vec[0].length if len(vec) == 1 else vector_length(vec)
@@ -148,7 +148,47 @@ class _PeerState:
     current: tuple[Header, Any] | None = None  # the frame whose payload is being read
 
 
-class Engine:
+class EngineBase:
+    """What the MX and GM engines share: posting a receive (matching it against the
+    unexpected queue first), cancelling one, and telling the shell about completions."""
+
+    matcher: Matcher[Any]
+    peers: dict[Hashable, Any]
+    stats: Statistics
+    on_complete: Callable[[Request], None] | None
+    on_room: Callable[[], None] | None
+
+    def _post(self, segments: Any, match: int, mask: int, peer: Hashable | None
+              ) -> tuple[Request, Any]:
+        """A new receive: (request, the unexpected message it takes now, or None). A receive
+        naming a peer that is gone completes with PEER_LOST at once."""
+        check_match(match, mask)
+        req = Request("recv", as_vector(segments, writable=True), match, mask, peer, self)
+        if peer is not None and peer not in self.peers:
+            req._complete(StatusCode.PEER_LOST, 0, 0)
+            return req, None
+        u = self.matcher.post(match, mask, peer, req)
+        if u is not None:
+            req.peer, req.match = u.peer, u.match
+        return req, u
+
+    def cancel(self, req: Request) -> bool:
+        if req.kind != "recv" or req.done or not self.matcher.cancel(req):
+            return False
+        req._complete(StatusCode.CANCELLED, 0, 0)
+        return True
+
+    def _completed(self, req: Request) -> None:
+        if self.on_complete is not None:
+            self.on_complete(req)
+
+    def _room(self) -> None:
+        self.stats.unexpected_now = self.matcher.unexpected_count()
+        if self.on_room is not None:
+            self.on_room()
+
+
+class Engine(EngineBase):
     def __init__(self, config: Config | None = None, stats: Statistics | None = None) -> None:
         self.config = config or Config()
         self.stats = stats or Statistics()
@@ -224,17 +264,10 @@ class Engine:
 
     def irecv(self, segments: Any, match: int, mask: int, peer: Hashable | None = None
               ) -> tuple[Request, list[OutFrame]]:
-        check_match(match, mask)
-        vec = as_vector(segments, writable=True)
-        req = Request("recv", vec, match, mask, peer, self)
-        if peer is not None and peer not in self.peers:
-            req._complete(StatusCode.PEER_LOST, 0, 0)
-            return req, []
-        u = self.matcher.post(match, mask, peer, req)
+        req, u = self._post(segments, match, mask, peer)
         if u is None:
             return req, []
         self._room()
-        req.peer, req.match = u.peer, u.match
         item = u.item
         if isinstance(item, _UnexpectedRndv):
             return req, self._start_pull(u.peer, req, item.send_handle, item.msg_length)
@@ -243,12 +276,6 @@ class Engine:
         else:
             item.taker = req  # still arriving: delivered in receive_done
         return req, []
-
-    def cancel(self, req: Request) -> bool:
-        if req.kind != "recv" or req.done or not self.matcher.cancel(req):
-            return False
-        req._complete(StatusCode.CANCELLED, 0, 0)
-        return True
 
     def probe(self, match: int, mask: int, peer: Hashable | None = None) -> Status | None:
         u = self.matcher.probe(match, mask, peer)
@@ -426,15 +453,6 @@ class Engine:
             self.stats.payload_copies += 1
         code = StatusCode.TRUNCATED if take < n else StatusCode.SUCCESS
         req._complete(code, n, take)
-
-    def _completed(self, req: Request) -> None:
-        if self.on_complete is not None:
-            self.on_complete(req)
-
-    def _room(self) -> None:
-        self.stats.unexpected_now = self.matcher.unexpected_count()
-        if self.on_room is not None:
-            self.on_room()
 
 
 async def _wait(self: Request, timeout: float | None = None) -> Status:
