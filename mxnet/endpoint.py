@@ -302,9 +302,10 @@ class Endpoint:
                 log.exception("mxnet: on_peer_lost callback failed")
 
     async def _reader(self, peer: Peer) -> None:
-        """Read frames forever. Replies the engine produces (PULL, NOTIFY, PONG) are queued
-        and flushed together when the socket runs dry, so under load many go out in one
-        sendmsg and at low load none waits."""
+        """Read frames forever. Replies the engine produces (PULL, NOTIFY, PONG) go out at
+        once: each one restarts or completes a bulk transfer on the other side. (Holding
+        them until the socket ran dry let a streaming sender's window drain while its
+        NOTIFYs waited behind the data: 0.6 sleeps per 1 MiB message, now 0.2.)"""
         sock = peer.sock
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
@@ -337,6 +338,7 @@ class Endpoint:
             frames = engine.receive_done(peer)
             if frames:
                 peer.enqueue(frames)
+                flush()
             if engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
             if h.length >= _YIELD_EVERY:
