@@ -74,6 +74,7 @@ class Endpoint:
         self.peers: set[Peer] = set()
         self._completed: OrderedDict[Request, None] = OrderedDict()
         self._any_event = trio.Event()
+        self._event_waiters = 0  # tasks in probe()/wait_any(): only then is _any_event set
         self._spin = config.poll_us / 1e6
         self._track_any = False  # wait_any in use: remember completions not yet observed
         self._room_event = trio.Event()
@@ -133,8 +134,7 @@ class Endpoint:
                 st = self.iprobe(match, mask, peer=peer)
                 if st is not None:
                     return st
-                ev = self._any_event = self._any_event if not self._any_event.is_set() else trio.Event()
-                await ev.wait()
+                await self._wait_event()
         raise AssertionError  # pragma: no cover
 
     async def wait_any(self, match: int = 0, mask: int = 0, timeout: float | None = None) -> Request:
@@ -149,9 +149,17 @@ class Endpoint:
                         del self._completed[req]
                         req.observed = True
                         return req
-                ev = self._any_event = self._any_event if not self._any_event.is_set() else trio.Event()
-                await ev.wait()
+                await self._wait_event()
         raise AssertionError  # pragma: no cover
+
+    async def _wait_event(self) -> None:
+        """Sleep until some request completes or an unexpected message arrives."""
+        ev = self._any_event = self._any_event if not self._any_event.is_set() else trio.Event()
+        self._event_waiters += 1
+        try:
+            await ev.wait()
+        finally:
+            self._event_waiters -= 1
 
     def statistics(self) -> Statistics:
         self.stats.peers_connected = len(self.peers)
@@ -198,8 +206,7 @@ class Endpoint:
 
     def _emit(self, peer: Any, frames: list[Any]) -> None:
         if frames and isinstance(peer, Peer) and not peer.lost:
-            peer.enqueue(frames)
-            peer.kick()
+            peer.send(frames)
 
     def _on_complete(self, req: Request) -> None:
         waiters = req.on_done
@@ -211,7 +218,8 @@ class Endpoint:
             self._completed[req] = None
             while len(self._completed) > 4096:  # only wait_any reads this; keep it bounded
                 self._completed.popitem(last=False)
-        self._any_event.set()
+        if self._event_waiters:
+            self._any_event.set()
 
     def _on_room(self) -> None:
         self._room_event.set()
@@ -307,12 +315,26 @@ class Endpoint:
         them until the socket ran dry let a streaming sender's window drain while its
         NOTIFYs waited behind the data: 0.6 sleeps per 1 MiB message, now 0.2.)"""
         sock = peer.sock
+        recv_into = sock.recv_into
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
         engine = self.engine
         flush = peer.kick
         while True:
-            await recv_exact_into(sock, hview, flush)
+            # one recv_into in the common case; recv_exact_into handles EAGAIN, EOF, partials
+            while True:
+                try:
+                    k = recv_into(hview)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    flush()
+                    await trio.lowlevel.wait_readable(sock)
+                except OSError as e:
+                    raise PeerGone(str(e)) from None
+            if k != HEADER_LEN:
+                if k == 0:
+                    raise PeerGone("connection closed by peer")
+                await recv_exact_into(sock, hview[k:], flush)
             peer.rx_frames += 1
             h = unpack_header(hbuf)
             if h.length > self.config.max_message:
@@ -329,8 +351,18 @@ class Endpoint:
                 inbound = engine.receive_header(peer, h)
             peer.paused = False
             ps = inbound.pieces
-            if len(ps) == 1 and not isinstance(ps[0], FileRange):
-                await recv_exact_into(sock, ps[0], flush)
+            if len(ps) == 1 and type(ps[0]) is memoryview:
+                v = ps[0]
+                try:
+                    k = recv_into(v)
+                except (BlockingIOError, InterruptedError):
+                    k = -1
+                except OSError as e:
+                    raise PeerGone(str(e)) from None
+                if k != v.nbytes:
+                    if k == 0:
+                        raise PeerGone("connection closed by peer")
+                    await recv_exact_into(sock, v[k:] if k > 0 else v, flush)
             elif ps:
                 await self._receive_pieces(peer, ps, flush)
             if inbound.discard:
@@ -339,7 +371,7 @@ class Endpoint:
             if frames:
                 peer.enqueue(frames)
                 flush()
-            if engine.matcher._unexpected:  # wake probe() callers
+            if self._event_waiters and engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
             if h.length >= _YIELD_EVERY:
                 await trio.lowlevel.checkpoint()  # a bulk transfer must let other peers run

@@ -78,11 +78,12 @@ class Matcher(Generic[M]):
     def post(self, match: int, mask: int, peer: Hashable | None, item: Any) -> Unexpected | None:
         """Post a receive. Returns the unexpected message it takes, or None (it is queued)."""
         check_match(match, mask)
-        for i, u in enumerate(self._unexpected):
-            if (peer is None or u.peer == peer) and u.match & mask == match:
-                del self._unexpected[i]
-                self.unexpected_bytes -= u.length
-                return u
+        if self._unexpected:
+            for i, u in enumerate(self._unexpected):
+                if (peer is None or u.peer == peer) and u.match & mask == match:
+                    del self._unexpected[i]
+                    self.unexpected_bytes -= u.length
+                    return u
         self._seq += 1
         p = Posted(match, mask, peer, item, self._seq)
         if mask == MASK_ALL:
@@ -123,15 +124,22 @@ class Matcher(Generic[M]):
                 if p.peer is None or p.peer == peer:
                     best = p
                     break
-        for p in self._wild:
-            if best is not None and p.seq > best.seq:
-                break
-            if p.accepts(msg_match, peer):
-                best = p
-                break
+        if self._wild:
+            for p in self._wild:
+                if best is not None and p.seq > best.seq:
+                    break
+                if p.accepts(msg_match, peer):
+                    best = p
+                    break
         if best is None:
             return None
-        self.cancel(best.item)
+        if q and best is q[0]:  # the usual case: the oldest exact receive
+            best.active = False
+            q.popleft()
+            if not q:
+                del self._exact[msg_match]
+        else:
+            self.cancel(best.item)
         return best.item
 
     def has_room(self, length: int) -> bool:

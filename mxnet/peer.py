@@ -60,31 +60,37 @@ class Peer:
         for f in frames:
             (self.bulk if f.bulk else self.urgent).append(f)
 
-    def kick(self) -> None:
-        """Try to write now; wake the writer task if the socket could not take it all."""
-        if self.lost or self.blocked:
-            return
-        urgent = self.urgent
-        if self._cur is None and len(urgent) == 1 and not self.bulk and urgent[0].simple:
-            # fast path: one in-memory frame on an idle connection, one sendmsg
-            f = urgent[0]
+    def send(self, frames: list[Any]) -> None:
+        """Queue frames and write what the socket takes now. Fast path: one in-memory frame
+        on an idle connection goes out with one sendmsg, never touching the queues."""
+        if len(frames) == 1 and self._cur is None and not self.urgent and not self.bulk \
+                and not self.blocked and not self.lost and frames[0].simple:
+            f = frames[0]
             try:
                 n = self.sock.sendmsg([f.header, *f.pieces])
-            except BlockingIOError:
-                n = -1
             except OSError:
-                n = -1  # let pump() meet the error on the normal path
+                n = -1  # EAGAIN, or an error pump() will meet on the normal path
             if n >= 0:
-                urgent.popleft()
-                self.stats.sendmsg_calls += 1
+                stats = self.stats
+                stats.sendmsg_calls += 1
                 if n == len(f.header) + f.length:
-                    self._cur = f
-                    self._finish()
+                    stats.frames_sent += 1
+                    if self.on_sent is not None:
+                        self.on_sent(f, 0)
                     return
                 self._cur = f
                 self._parts = [memoryview(f.header), *f.pieces]
                 self._short = 0
                 self._advance(n)
+                self.kick()
+                return
+        self.enqueue(frames)
+        self.kick()
+
+    def kick(self) -> None:
+        """Try to write now; wake the writer task if the socket could not take it all."""
+        if self.lost or self.blocked:
+            return
         if not self.pump():
             self.blocked = True
             self.wake_writer.set()

@@ -51,6 +51,10 @@ _PING = Header(PacketType.PING).pack()
 _PONG = Header(PacketType.PONG).pack()
 
 
+_new_status = tuple.__new__
+_SUCCESS = StatusCode.SUCCESS
+
+
 def _ctl(header: bytes) -> OutFrame:
     return OutFrame(header, [], 0, None, simple=True)
 
@@ -58,11 +62,19 @@ def _ctl(header: bytes) -> OutFrame:
 class Request:
     """One outstanding operation (MX request handle)."""
 
-    __slots__ = (
-        "kind", "vec", "length", "match", "mask", "peer", "sync", "status", "engine",
-        "handle", "want", "received", "msg_length", "short", "send_handle", "on_done",
-        "_posted", "observed", "__weakref__",
-    )
+    # fields a request only sometimes needs start as class-level defaults: a send on the
+    # fast path sets seven attributes, not nineteen
+    status: Status | None = None
+    sync = False
+    handle = 0  # rendezvous: this side's handle
+    want = 0  # receive: bytes pulled
+    received = 0  # receive: bytes landed so far
+    msg_length = 0
+    short = 0  # file bytes that were missing on send (zero-filled)
+    send_handle = 0
+    on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
+    _posted: Any = None
+    observed = False
 
     def __init__(self, kind: str, vec: tuple[Segment, ...], match: int, mask: int,
                  peer: Hashable | None, engine: EngineBase, sync: bool = False) -> None:
@@ -72,18 +84,9 @@ class Request:
         self.match = match
         self.mask = mask
         self.peer = peer
-        self.sync = sync
-        self.status: Status | None = None
         self.engine = engine
-        self.handle = 0
-        self.want = 0
-        self.received = 0
-        self.msg_length = 0
-        self.short = 0  # file bytes that were missing on send (zero-filled)
-        self.send_handle = 0
-        self.on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
-        self._posted: Any = None
-        self.observed = False
+        if sync:
+            self.sync = True
 
     @property
     def done(self) -> bool:
@@ -100,8 +103,10 @@ class Request:
     def _complete(self, code: StatusCode, msg_length: int, xfer: int, error: int = 0) -> None:
         if self.status is not None:
             return
-        self.status = Status(code, self.peer, self.match, msg_length, xfer, error)
-        self.engine._completed(self)
+        self.status = _new_status(Status, (code, self.peer, self.match, msg_length, xfer, error))
+        done = self.engine.on_complete
+        if done is not None:
+            done(self)
 
     def __repr__(self) -> str:
         state = self.status.code.name if self.status else "pending"
@@ -150,7 +155,8 @@ class _PeerState:
 
 class EngineBase:
     """What the MX and GM engines share: posting a receive (matching it against the
-    unexpected queue first), cancelling one, and telling the shell about completions."""
+    unexpected queue first) and cancelling one. Requests tell the shell they completed
+    through ``on_complete``."""
 
     matcher: Matcher[Any]
     peers: dict[Hashable, Any]
@@ -162,12 +168,12 @@ class EngineBase:
               ) -> tuple[Request, Any]:
         """A new receive: (request, the unexpected message it takes now, or None). A receive
         naming a peer that is gone completes with PEER_LOST at once."""
-        check_match(match, mask)
         req = Request("recv", as_vector(segments, writable=True), match, mask, peer, self)
         if peer is not None and peer not in self.peers:
+            check_match(match, mask)
             req._complete(StatusCode.PEER_LOST, 0, 0)
             return req, None
-        u = self.matcher.post(match, mask, peer, req)
+        u = self.matcher.post(match, mask, peer, req)  # refuses a bad (match, mask)
         if u is not None:
             req.peer, req.match = u.peer, u.match
         return req, u
@@ -177,10 +183,6 @@ class EngineBase:
             return False
         req._complete(StatusCode.CANCELLED, 0, 0)
         return True
-
-    def _completed(self, req: Request) -> None:
-        if self.on_complete is not None:
-            self.on_complete(req)
 
     def _room(self) -> None:
         self.stats.unexpected_now = self.matcher.unexpected_count()
@@ -239,15 +241,20 @@ class Engine(EngineBase):
         if not 0 <= match <= MASK_ALL:
             check_match(match, MASK_ALL)
         vec = as_vector(segments)
-        st = self.peers.get(peer) or self._state(peer)
+        st = self.peers.get(peer)
+        if st is None:
+            st = self._state(peer)
         req = Request("send", vec, match, MASK_ALL, peer, self, sync)
         n = req.length
         cfg = self.config
         if n > cfg.max_message:
             raise ValueError(f"message of {n} bytes exceeds max_message {cfg.max_message}")
-        self.stats.count_send(cfg.size_class(n), n)
+        stats = self.stats
+        klass = cfg.size_class(n)
+        stats.msgs_sent[klass] += 1
+        stats.bytes_sent[klass] += n
         if n <= cfg.eager_max and not sync:
-            self.stats.eager_sends += 1
+            stats.eager_sends += 1
             st.eager_inflight.add(req)
             hdr = pack_header(PacketType.EAGER, n, match, n)
             if len(vec) == 1 and vec[0].frange is None and len(vec[0].views) == 1:
@@ -290,18 +297,23 @@ class Engine(EngineBase):
         req = frame.request
         if req is None:
             return
-        req.short += short
+        if short:
+            req.short += short
         if frame.bulk:
             return
         st = self.peers.get(req.peer)
         if st is not None:
             st.eager_inflight.discard(req)
-        code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
-        req._complete(code, req.length, req.length - req.short)
+        if req.short:
+            req._complete(StatusCode.SHORT_SOURCE, req.length, req.length - req.short)
+        else:
+            req._complete(_SUCCESS, req.length, req.length)
 
     # -- bytes in ------------------------------------------------------------------------
     def receive_header(self, peer: Hashable, h: Header) -> Inbound:
-        st = self._state(peer)
+        st = self.peers.get(peer)
+        if st is None:
+            st = self._state(peer)
         t = h.type
         if t is PacketType.EAGER:
             return self._eager_in(peer, st, h)
@@ -338,9 +350,13 @@ class Engine(EngineBase):
             req = self.matcher.arrive(h.a, peer)
         if req is not None:
             req.peer, req.match = peer, h.a
-            take = min(n, req.length)
             st.current = (h, req)
-            return Inbound(list(pieces(req.vec, 0, take)), n - take)
+            vec = req.vec
+            if len(vec) == 1 and len(vec[0].views) == 1 and n <= req.length:
+                view = vec[0].views[0]  # the common case: one buffer, big enough
+                return Inbound([view if n == view.nbytes else view[:n]] if n else [])
+            take = min(n, req.length)
+            return Inbound(list(pieces(vec, 0, take)), n - take)
         if not self.matcher.has_room(n):
             return Inbound(paused=True)
         item = _UnexpectedEager(bytearray(n))
@@ -358,14 +374,19 @@ class Engine(EngineBase):
             req._complete(StatusCode.LOCAL_ERROR, req.msg_length, req.received, err)
 
     def receive_done(self, peer: Hashable) -> list[OutFrame]:
-        st = self._state(peer)
+        st = self.peers.get(peer)
+        if st is None:
+            st = self._state(peer)
         assert st.current is not None, "receive_done without receive_header"
         h, target = st.current
         st.current = None
         t = h.type
         if t is PacketType.EAGER:
-            self.stats.count_receive(self.config.size_class(h.length), h.length)
-            if isinstance(target, Request):
+            stats = self.stats
+            klass = self.config.size_class(h.length)
+            stats.msgs_received[klass] += 1
+            stats.bytes_received[klass] += h.length
+            if type(target) is Request:
                 take = min(h.length, target.length)
                 code = StatusCode.TRUNCATED if take < h.length else StatusCode.SUCCESS
                 target._complete(code, h.length, take)

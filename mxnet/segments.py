@@ -78,6 +78,12 @@ def as_vector(segments: Any, *, writable: bool = False) -> tuple[Segment, ...]:
     """Normalise what a caller passed (a Segment, a buffer, or a list of either) to a vector."""
     if type(segments) is list and len(segments) == 1:
         s0 = segments[0]
+        t = type(s0)
+        if t is bytearray or (t is bytes and not writable):  # the hot case: one plain buffer
+            return (_new(Segment, ("user", (memoryview(s0),), None, len(s0))),)
+        if t is Segment and not writable:
+            return (s0,)
+        s0 = segments[0]
         vec: tuple[Segment, ...] = (s0 if type(s0) is Segment else user(s0),)
     elif type(segments) is Segment:
         vec = (segments,)
