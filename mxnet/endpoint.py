@@ -369,8 +369,7 @@ class Endpoint:
                 await discard(sock, inbound.discard)
             frames = engine.receive_done(peer)
             if frames:
-                peer.enqueue(frames)
-                flush()
+                peer.send(frames)
             if self._event_waiters and engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
             if h.length >= _YIELD_EVERY:

@@ -42,7 +42,15 @@ from typing import Any
 from .config import Config
 from .errors import ProtocolError
 from .matching import MASK_ALL, Matcher, check_match
-from .segments import FileRange, Piece, Segment, as_vector, copy_into, pieces, vector_length
+from .segments import (
+    FileRange,
+    Piece,
+    Segment,
+    as_vector,
+    copy_into,
+    piece_list,
+    vector_length,
+)
 from .stats import Statistics
 from .status import Status, StatusCode
 from .wire import Header, PacketType, pack_header
@@ -261,7 +269,7 @@ class Engine(EngineBase):
                 body = list(vec[0].views) if n else []  # the common case: one buffer
                 simple = True
             else:
-                body = list(pieces(vec, 0, n))
+                body = piece_list(vec, 0, n)
                 simple = not any(type(p) is FileRange for p in body)
             return req, [OutFrame(hdr, body, n, req, simple=simple)]
         self.stats.rendezvous_sends += 1
@@ -324,7 +332,7 @@ class Engine(EngineBase):
             if h.b != req.received or req.received + h.length > req.want:
                 raise ProtocolError("DATA out of order or beyond what was pulled")
             st.current = (h, req)
-            return Inbound(list(pieces(req.vec, h.b, h.length)))
+            return Inbound(piece_list(req.vec, h.b, h.length))
         if h.length:
             raise ProtocolError(f"{t.name} carries no payload")
         if t is PacketType.RNDV and h.b > self.config.max_message:
@@ -356,7 +364,7 @@ class Engine(EngineBase):
                 view = vec[0].views[0]  # the common case: one buffer, big enough
                 return Inbound([view if n == view.nbytes else view[:n]] if n else [])
             take = min(n, req.length)
-            return Inbound(list(pieces(vec, 0, take)), n - take)
+            return Inbound(piece_list(vec, 0, take), n - take)
         if not self.matcher.has_room(n):
             return Inbound(paused=True)
         item = _UnexpectedEager(bytearray(n))
@@ -461,7 +469,9 @@ class Engine(EngineBase):
         for off in range(0, want, chunk):
             k = min(chunk, want - off)
             hdr = Header(PacketType.DATA, k, h.a, off).pack()
-            frames.append(OutFrame(hdr, list(pieces(req.vec, off, k)), k, req, bulk=True))
+            body = piece_list(req.vec, off, k)
+            frames.append(OutFrame(hdr, body, k, req, bulk=True,
+                                   simple=not any(type(p) is FileRange for p in body)))
         return frames
 
     # -- internals -----------------------------------------------------------------------
