@@ -42,7 +42,7 @@ class Config:
     scale_size: int = 64 * M
     meta_files: int = 2000
     tree_files: int = 1000
-    mxnet_args: list[str] = field(default_factory=lambda: ["--rounds", "3"])
+    mxnet_args: list[str] = field(default_factory=lambda: ["--rounds", "5"])
 
     @classmethod
     def quick(cls) -> Config:

@@ -1,6 +1,6 @@
 """mxnet benchmark: ping-pong latency and one-way bandwidth for mx, gm and raw sockets.
 
-    python -m mxnet.bench [--rounds 3] [--max-size 16M] [--out bench/results/mxnet]
+    python -m mxnet.bench [--rounds 5] [--max-size 16M] [--out bench/results/mxnet]
 
 A server process (the same module with --serve) hosts a raw TCP echo/sink, an mx endpoint
 and a gm endpoint; this process is the client. Every size is measured for every transport
@@ -315,7 +315,7 @@ def plot(summary: dict[tuple[str, int], dict[str, float]], sizes: list[int], pat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mxnet.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-size", default="16M")
     ap.add_argument("--sizes", help="comma-separated sizes (e.g. 8,4K,1M)")
     ap.add_argument("--out", default="bench/results/mxnet")
