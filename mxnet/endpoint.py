@@ -235,7 +235,13 @@ class Endpoint:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         if req.status is None:
             if timeout is None:
-                await _park(req)
+                # park until the completion reschedules us (inlined _park: the hot path)
+                task = trio.lowlevel.current_task()
+                if req.on_done is None:
+                    req.on_done = [task]
+                else:
+                    req.on_done.append(task)
+                await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
             else:
                 with _deadline(timeout):
                     await _park(req)
@@ -531,13 +537,18 @@ async def _park(req: Request) -> None:
     if waiters is None:
         req.on_done = waiters = []
     waiters.append(task)
+    await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
+
+
+def _aborter(req: Request, task: Any) -> Callable[[Any], trio.lowlevel.Abort]:
+    """The abort hook of a parked wait: forget the task (timeout or cancellation)."""
 
     def abort(_: Any) -> trio.lowlevel.Abort:
         if req.on_done is not None and task in req.on_done:
             req.on_done.remove(task)
         return trio.lowlevel.Abort.SUCCEEDED
 
-    await trio.lowlevel.wait_task_rescheduled(abort)
+    return abort
 
 
 class _deadline:

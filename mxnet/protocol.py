@@ -121,22 +121,36 @@ class Request:
         return f"<Request {self.kind} match={self.match:#x} len={self.length} {state}>"
 
 
-@dataclass(slots=True)
 class OutFrame:
-    header: bytes
-    pieces: list[Piece] = field(default_factory=list)
-    length: int = 0
-    request: Request | None = None  # completes when this frame is on the wire (eager sends)
-    bulk: bool = False
-    region: Any = None  # gm: the registered bounce buffer to recycle once sent
-    simple: bool = False  # every piece is in memory (no FileRange): eligible for the fast path
+    """A frame to put on the wire: header bytes plus the caller's payload pieces, by identity."""
+
+    __slots__ = ("header", "pieces", "length", "request", "bulk", "region", "simple")
+
+    def __init__(self, header: bytes, pieces: list[Piece] | None = None, length: int = 0,
+                 request: Request | None = None, bulk: bool = False, region: Any = None,
+                 simple: bool = False) -> None:
+        self.header = header
+        self.pieces = pieces if pieces is not None else []
+        self.length = length
+        self.request = request  # completes when this frame is on the wire (eager sends)
+        self.bulk = bulk  # rendezvous DATA: small frames may overtake it
+        self.region = region  # gm: the registered bounce buffer to recycle once sent
+        self.simple = simple  # every piece is in memory (no FileRange): the fast path may take it
+
+    def __repr__(self) -> str:
+        return f"<OutFrame {len(self.pieces)} pieces, {self.length} B{' bulk' if self.bulk else ''}>"
 
 
-@dataclass(slots=True)
 class Inbound:
-    pieces: list[Piece] = field(default_factory=list)
-    discard: int = 0  # bytes to read and drop after the pieces
-    paused: bool = False  # unexpected queue full: wait for room, then call receive_header again
+    """Where an arriving frame's payload goes (the engine's answer to receive_header)."""
+
+    __slots__ = ("pieces", "discard", "paused")
+
+    def __init__(self, pieces: list[Piece] | None = None, discard: int = 0,
+                 paused: bool = False) -> None:
+        self.pieces = pieces if pieces is not None else []
+        self.discard = discard  # bytes to read and drop after the pieces
+        self.paused = paused  # unexpected queue full: wait for room, then ask again
 
 
 @dataclass(slots=True)
