@@ -43,7 +43,7 @@ from .status import Status, StatusCode
 from .wire import HEADER_LEN, FrameError, unpack_header
 
 log = logging.getLogger("mxnet")
-_YIELD_EVERY = 256 << 10  # after a frame this big the reader yields to other tasks
+_YIELD_EVERY = 256 << 10  # after this many bytes read without sleeping, the reader yields
 
 __all__ = ["Endpoint", "Peer", "Request", "open_endpoint"]
 
@@ -326,6 +326,7 @@ class Endpoint:
         hview = memoryview(hbuf)
         engine = self.engine
         flush = peer.kick
+        unyielded = 0  # payload bytes read since this task last let others run
         while True:
             # one recv_into in the common case; recv_exact_into handles EAGAIN, EOF, partials
             while True:
@@ -335,12 +336,14 @@ class Endpoint:
                 except (BlockingIOError, InterruptedError):
                     flush()
                     await trio.lowlevel.wait_readable(sock)
+                    unyielded = 0
                 except OSError as e:
                     raise PeerGone(str(e)) from None
             if k != HEADER_LEN:
                 if k == 0:
                     raise PeerGone("connection closed by peer")
-                await recv_exact_into(sock, hview[k:], flush)
+                if await recv_exact_into(sock, hview[k:], flush):
+                    unyielded = 0
             peer.rx_frames += 1
             h = unpack_header(hbuf)
             if h.length > self.config.max_message:
@@ -368,7 +371,8 @@ class Endpoint:
                 if k != v.nbytes:
                     if k == 0:
                         raise PeerGone("connection closed by peer")
-                    await recv_exact_into(sock, v[k:] if k > 0 else v, flush)
+                    if await recv_exact_into(sock, v[k:] if k > 0 else v, flush):
+                        unyielded = 0
             elif ps:
                 await self._receive_pieces(peer, ps, flush)
             if inbound.discard:
@@ -378,8 +382,10 @@ class Endpoint:
                 peer.send(frames)
             if self._event_waiters and engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
-            if h.length >= _YIELD_EVERY:
-                await trio.lowlevel.checkpoint()  # a bulk transfer must let other peers run
+            unyielded += HEADER_LEN + h.length
+            if unyielded >= _YIELD_EVERY:  # a bulk transfer must let other peers run
+                unyielded = 0
+                await trio.lowlevel.checkpoint()
 
     async def _receive_pieces(self, peer: Peer, ps: list[Any], flush: Callable[[], None]
                               ) -> None:

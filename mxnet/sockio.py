@@ -29,10 +29,11 @@ class PeerGone(Exception):
 
 
 async def recv_exact_into(sock: socket.socket, view: memoryview,
-                          idle: Callable[[], None] | None = None) -> None:
+                          idle: Callable[[], None] | None = None) -> int:
     """Fill ``view`` from the socket. ``idle`` runs whenever the socket has nothing to give
-    (the reader flushes the replies it batched up) before we sleep."""
-    got, n = 0, view.nbytes
+    (the reader flushes the replies it batched up) before we sleep. Returns how many times
+    it slept (0: the data was all there, and no other task got to run meanwhile)."""
+    got, n, slept = 0, view.nbytes, 0
     while got < n:
         try:
             try:
@@ -45,10 +46,12 @@ async def recv_exact_into(sock: socket.socket, view: memoryview,
             raise PeerGone(str(e)) from None
         if k < 0:
             await trio.lowlevel.wait_readable(sock)
+            slept += 1
             continue
         if k == 0:
             raise PeerGone("connection closed by peer")
         got += k
+    return slept
 
 
 async def recv_vector_into(sock: socket.socket, views: list[memoryview],
