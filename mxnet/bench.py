@@ -72,23 +72,53 @@ async def _mx_server(ep: mxnet.Endpoint) -> None:
         if mode == QUIT:
             return
         if mode == PING:
-            buf = _touched(size)
-            r = ep.irecv([buf], DATA, mxnet.MASK_ALL, peer=peer)
-            for _ in range(count):
-                await r.wait()
-                if _ < count - 1:
-                    r = ep.irecv([buf], DATA, mxnet.MASK_ALL, peer=peer)
-                ep.isend(peer, [buf], BACK)
+            await _echo(ep, peer, size, count)
         elif mode == STREAM:
-            bufs = [_touched(size) for _ in range(WINDOW)]
-            await ep.isend(peer, [b"redy"], BACK).wait()
-            reqs = [ep.irecv([b], DATA, mxnet.MASK_ALL, peer=peer) for b in bufs[:count]]
-            for i in range(count):
-                await reqs[i % WINDOW].wait()
-                if i + WINDOW < count:
-                    reqs[i % WINDOW] = ep.irecv([bufs[i % WINDOW]], DATA, mxnet.MASK_ALL,
-                                                peer=peer)
-            await ep.isend(peer, [b"done"], BACK).wait()
+            await _sink(ep, peer, size, count)
+
+
+# The echo and the sink answer from completion callbacks (MX's in-kernel style), so like the
+# raw server's loop they take one wake-up per message, not two (reader task, then this task).
+async def _echo(ep: mxnet.Endpoint, peer: mxnet.Peer, size: int, count: int) -> None:
+    buf = _touched(size)
+    left = count
+    finished = trio.Event()
+
+    def echo(_: Any) -> None:
+        nonlocal left
+        left -= 1
+        if left:
+            ep.irecv([buf], DATA, mxnet.MASK_ALL, peer=peer).add_done_callback(echo)
+        ep.isend(peer, [buf], BACK)
+        if not left:
+            finished.set()
+
+    ep.irecv([buf], DATA, mxnet.MASK_ALL, peer=peer).add_done_callback(echo)
+    await finished.wait()
+
+
+async def _sink(ep: mxnet.Endpoint, peer: mxnet.Peer, size: int, count: int) -> None:
+    await ep.isend(peer, [b"redy"], BACK).wait()
+    posted = done = 0
+    finished = trio.Event()
+
+    def post(buf: bytearray) -> None:
+        nonlocal posted
+        posted += 1
+        ep.irecv([buf], DATA, mxnet.MASK_ALL, peer=peer).add_done_callback(lambda _: sink(buf))
+
+    def sink(buf: bytearray) -> None:
+        nonlocal done
+        done += 1
+        if posted < count:
+            post(buf)  # the buffer is free again: the next message lands in it
+        if done == count:
+            finished.set()
+
+    for b in [_touched(size) for _ in range(min(WINDOW, count))]:
+        post(b)
+    await finished.wait()
+    await ep.isend(peer, [b"done"], BACK).wait()
 
 
 def _touched(size: int) -> bytearray:

@@ -35,6 +35,8 @@ only while POSTED.
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +61,7 @@ _PING = Header(PacketType.PING).pack()
 _PONG = Header(PacketType.PONG).pack()
 
 
+log = logging.getLogger("mxnet")
 _new_status = tuple.__new__
 _SUCCESS = StatusCode.SUCCESS
 
@@ -81,6 +84,7 @@ class Request:
     short = 0  # file bytes that were missing on send (zero-filled)
     send_handle = 0
     on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
+    callbacks: list[Callable[[Request], Any]] | None = None  # add_done_callback
     _posted: Any = None
     observed = False
 
@@ -108,6 +112,20 @@ class Request:
     def cancel(self) -> bool:
         return self.engine.cancel(self)
 
+    def add_done_callback(self, fn: Callable[[Request], Any]) -> None:
+        """Call ``fn(request)`` once the request completes (MX's completion callbacks), from
+        inside mxnet as it happens: in the reader that took the last byte, in the isend that
+        put an eager message on the wire — or now, if it is already done. ``fn`` must not
+        block; it may post receives and sends. Callbacks run one after another, never
+        nested (a completion a callback causes runs its own callbacks when the first
+        returns), and an exception in one is logged, never raised into mxnet."""
+        if self.callbacks is None:
+            self.callbacks = [fn]
+        else:
+            self.callbacks.append(fn)
+        if self.status is not None:
+            self.engine._run_callbacks(self)
+
     def _complete(self, code: StatusCode, msg_length: int, xfer: int, error: int = 0) -> None:
         if self.status is not None:
             return
@@ -115,6 +133,8 @@ class Request:
         done = self.engine.on_complete
         if done is not None:
             done(self)
+        if self.callbacks is not None:
+            self.engine._run_callbacks(self)
 
     def __repr__(self) -> str:
         state = self.status.code.name if self.status else "pending"
@@ -205,6 +225,31 @@ class EngineBase:
             return False
         req._complete(StatusCode.CANCELLED, 0, 0)
         return True
+
+    _callback_queue: deque[Request] | None = None
+    _in_callbacks = False
+
+    def _run_callbacks(self, req: Request) -> None:
+        """Run ``req``'s callbacks, trampolined: completions that callbacks cause are queued
+        and run by the outermost call, so a chain of callbacks never grows the stack."""
+        q = self._callback_queue
+        if q is None:
+            q = self._callback_queue = deque()
+        q.append(req)
+        if self._in_callbacks:
+            return
+        self._in_callbacks = True
+        try:
+            while q:
+                r = q.popleft()
+                fns, r.callbacks = r.callbacks, None
+                for fn in fns or ():
+                    try:
+                        fn(r)
+                    except Exception:
+                        log.exception("mxnet: completion callback %r failed", fn)
+        finally:
+            self._in_callbacks = False
 
     def _room(self) -> None:
         self.stats.unexpected_now = self.matcher.unexpected_count()
