@@ -2,13 +2,15 @@
 
 How this works
 --------------
-`REQ_SLOTS` slot tasks each keep one receive (match REQ<<56, mask KIND_MASK, any peer) posted
-with its own REQ_BUF_SIZE buffer, serve what lands in it, then post again. A request carrying
-a small write has its data inside that buffer: it is written with os.pwrite from a memoryview
-slice. READ data leaves with mxnet.file(fd, off, n) (sendfile on mx), larger WRITE data is
-received with mxnet.file(fd, off, n) (splice). Everything else is FileServer.call. Errors
-become an errno in the reply; a request never ends the server. fsync runs in a worker thread
-and completes before its reply is sent. When a peer is lost, its handles are closed.
+`REQ_SLOTS` receives (match REQ<<56, mask KIND_MASK, any peer) stay posted, each with its
+own REQ_BUF_SIZE buffer. When one completes, its completion callback runs inside mxnet's
+reader and serves the request right there if nothing has to wait — metadata calls, small
+writes (os.pwrite from a memoryview slice of the buffer), READs whose pages are cached (one
+RDATA message, the data leaving with mxnet.file: sendfile on mx) — then posts the buffer
+again. A request that must wait (a READ of cold pages, a WRITE whose data follows as WDATA
+into mxnet.file (splice), FSYNC in a worker thread) goes to a task, and its buffer is posted
+again when that task is done. Errors become an errno in the reply; a request never ends the
+server. When a peer is lost, its handles are closed.
 """
 
 from __future__ import annotations
@@ -76,26 +78,75 @@ class Service:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for _ in range(self.slots):
-                nursery.start_soon(self._slot)
+                self._post(bytearray(REQ_BUF_SIZE))
+            await trio.sleep_forever()
 
-    async def _slot(self) -> None:
-        buf = bytearray(REQ_BUF_SIZE)
-        view = memoryview(buf)
-        while True:
-            rx = self.ep.irecv([mxnet.user(buf)], int(Kind.REQ) << KIND_SHIFT, KIND_MASK)
-            st = await rx.wait()
-            if st.code not in (mxnet.StatusCode.SUCCESS, mxnet.StatusCode.TRUNCATED):
-                continue
-            try:
-                await self._serve(st, view[:st.xfer_length], truncated=not st.ok)
-            except Exception:  # never let one request end the slot
-                log.exception("internal error serving a request")
+    def _post(self, buf: bytearray) -> None:
+        rx = self.ep.irecv([mxnet.user(buf)], int(Kind.REQ) << KIND_SHIFT, KIND_MASK)
+        rx.add_done_callback(lambda r: self._arrived(r.status, buf))
+
+    def _arrived(self, st: Any, buf: bytearray) -> None:
+        """A request landed in ``buf`` (runs as a completion callback: must not block)."""
+        if self.ep.closed:
+            return
+        if st.code not in (mxnet.StatusCode.SUCCESS, mxnet.StatusCode.TRUNCATED):
+            self._post(buf)
+            return
+        msg = memoryview(buf)[:st.xfer_length]
+        try:
+            served = self._serve_now(st, msg, truncated=not st.ok)
+        except Exception:  # never let one request stop the server
+            log.exception("internal error serving a request")
+            served = True
+        if served:
+            self._post(buf)
+        else:
+            self._nursery.start_soon(self._serve_then_post, st, buf)
+
+    async def _serve_then_post(self, st: Any, buf: bytearray) -> None:
+        try:
+            await self._serve(st, memoryview(buf)[:st.xfer_length], truncated=not st.ok)
+        except Exception:
+            log.exception("internal error serving a request")
+        finally:
+            if not self.ep.closed:
+                self._post(buf)
+
+    def _serve_now(self, st: Any, msg: memoryview, *, truncated: bool) -> bool:
+        """Serve the request now if it needs no waiting; False leaves it to _serve."""
+        if truncated:
+            return False
+        try:
+            op, args, inline = decode_request(msg)
+        except ProtocolError:
+            return False  # _serve answers it with EPROTO
+        if op == Op.READ:
+            plan = self._read_plan(st.source, args)
+            if plan is None:
+                return False  # cold pages: warm them in a thread first
+            self.requests += 1
+            self._send_read(st.source, st.match & RID_MASK, *plan)
+            return True
+        if op == Op.FSYNC or (op == Op.WRITE and (len(args) != 3 or len(inline) != args[2])):
+            return False
+        self.requests += 1
+        self._answer(st.source, st.match & RID_MASK, op, lambda: self._sync_call(
+            st.source, op, args, inline))
+        return True
+
+    def _sync_call(self, peer: Any, op: int, args: list[Any], inline: memoryview) -> Any:
+        if op == Op.WRITE:
+            hid, off, _n = args
+            return self.fs.write_inline(peer, hid, off, inline)
+        if op == Op.STATS:
+            return self.statistics()
+        return self.fs.call(peer, op, args)
 
     async def _serve(self, st: Any, msg: memoryview, *, truncated: bool) -> None:
         peer, rid = st.source, st.match & RID_MASK
         self.requests += 1
-        result: Any = None
         op = 0
         try:
             if truncated:
@@ -105,20 +156,37 @@ class Service:
                 await self._read(peer, rid, args)  # answers by itself, in one message
                 return
             result = await self._dispatch(peer, rid, op, args, inline)
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                raise
+            err = self._errno(op, peer, e)
+            result = None
+        else:
             err = 0
-        except EscapeError as e:
+        self._reply(peer, rid, op, err, result)
+
+    def _answer(self, peer: Any, rid: int, op: int, call: Any) -> None:
+        try:
+            result, err = call(), 0
+        except Exception as e:
+            result, err = None, self._errno(op, peer, e)
+        self._reply(peer, rid, op, err, result)
+
+    def _errno(self, op: int, peer: Any, e: Exception) -> int:
+        if isinstance(e, EscapeError):
             self.refused += 1
             log.warning("refused %s from %s: %s", _op_name(op), getattr(peer, "address", peer),
                         e.strerror)
-            err = errno.EACCES
-        except ProtocolError as e:
+            return errno.EACCES
+        if isinstance(e, ProtocolError):
             log.warning("bad request from %s: %s", getattr(peer, "address", peer), e)
-            err = errno.EPROTO
-        except OSError as e:
-            err = e.errno or errno.EIO
-        except Exception:
-            log.exception("internal error in %s", _op_name(op))
-            err = errno.EIO
+            return errno.EPROTO
+        if isinstance(e, OSError):
+            return e.errno or errno.EIO
+        log.error("internal error in %s", _op_name(op), exc_info=e)
+        return errno.EIO
+
+    def _reply(self, peer: Any, rid: int, op: int, err: int, result: Any) -> None:
         if peer.lost:
             if not err and op in _OPENING:
                 self.fs.handles.close_owner(peer)  # opened for a client that is already gone
@@ -142,32 +210,56 @@ class Service:
             return self.statistics()
         return self.fs.call(peer, op, args)
 
-    async def _read(self, peer: Any, rid: int, args: list[Any]) -> None:
-        """Answer a READ with one RDATA message: READ_HDR(errno, n), then n bytes of the file
-        straight from the page cache (mxnet.file: sendfile on mx, a counted copy on gm)."""
-        match = make_match(Kind.RDATA, rid)
+    def _read_plan(self, peer: Any, args: list[Any]) -> tuple[int, int, int, int] | None:
+        """(fd, off, n, errno) for a READ whose pages are cached (or that fails at once);
+        None when the pages must be read from disk first."""
         try:
             if len(args) != 3 or not all(type(a) is int for a in args):
                 raise OSError(errno.EPROTO, "malformed READ")
             hid, off, size = args
             fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
-            if n and not pagecache.cached(fd, off, n):  # wait for the disk in a thread
-                await trio.to_thread.run_sync(pagecache.warm, fd, off, n)
-                fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))  # may be gone
+            if n and not pagecache.cached(fd, off, n):
+                return None
+            return fd, off, n, 0
         except EscapeError as e:
             self.refused += 1
             log.warning("refused READ from %s: %s", getattr(peer, "address", peer), e.strerror)
-            fd, n, err = -1, 0, errno.EACCES
+            return -1, 0, 0, errno.EACCES
         except OSError as e:
-            fd, n, err = -1, 0, e.errno or errno.EIO
-        else:
-            err = 0
+            return -1, 0, 0, e.errno or errno.EIO
+
+    async def _read(self, peer: Any, rid: int, args: list[Any]) -> None:
+        """Answer a READ whose pages are cold: warm them in a thread (so the event loop
+        never waits for the disk), then answer as _send_read does."""
+        plan = self._read_plan(peer, args)
+        if plan is None:
+            hid, off, size = args
+            try:
+                fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
+                await trio.to_thread.run_sync(pagecache.warm, fd, off, n)
+            except OSError:
+                pass  # the plan below reports the error
+            plan = self._read_plan(peer, args) or self._plan_anyway(peer, args)
+        self._send_read(peer, rid, *plan)
+
+    def _plan_anyway(self, peer: Any, args: list[Any]) -> tuple[int, int, int, int]:
+        """Pages evicted again while we warmed them: send them anyway (sendfile may block)."""
+        hid, off, size = args
+        try:
+            fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
+        except OSError as e:
+            return -1, 0, 0, e.errno or errno.EIO
+        return fd, off, n, 0
+
+    def _send_read(self, peer: Any, rid: int, fd: int, off: int, n: int, err: int) -> None:
+        """One RDATA message: READ_HDR(errno, n), then n bytes of the file straight from the
+        page cache (mxnet.file: sendfile on mx, a counted copy on gm)."""
         if peer.lost:
             return
         segs = [mxnet.user(READ_HDR.pack(err, n))]
         if n:
             segs.append(mxnet.file(fd, off, n))
-        self.ep.isend(peer, segs, match)
+        self.ep.isend(peer, segs, make_match(Kind.RDATA, rid))
 
     async def _write(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
                      n: int) -> int:
