@@ -5,8 +5,10 @@ How this works
 Every call takes a fresh request id and posts its receives (REPLY, and RDATA for a read)
 *before* the request goes out, so replies land straight in their buffers; mxnet's matching on
 (kind, rid) and the peer does the multiplexing, there is no dispatcher task. A call waits at
-most `timeout` seconds in total (including waiting for a connection), then fails with EIO
-and cancels its receives. A late reply or read data for a request nobody waits for any more
+most about `timeout` seconds in total (including waiting for a connection): one watchdog task
+checks every call's deadline a few times a second — cheaper than a cancel scope per call —
+and drops an unresponsive connection, which fails the calls with EIO and cancels their
+receives. A late reply or read data for a request nobody waits for any more
 is swallowed by the unexpected-message handler (a zero-length receive), so it cannot pile up.
 
 When the server connection is lost, pending calls fail with EIO, `epoch` is bumped once the
@@ -74,7 +76,8 @@ class RpcClient:
         self.reconnects = 0
         self._rids = itertools.count(1)
         self.buffers = BufferPool()
-        self._pending: set[int] = set()
+        self._pending: dict[int, float] = {}  # rid -> deadline, for calls awaiting an answer
+        self._expired: set[int] = set()  # calls the watchdog gave up on
         self._connected = trio.Event()
         self._lost = trio.Event()
         ep.on_peer_lost(self._on_peer_lost)
@@ -118,6 +121,24 @@ class RpcClient:
                     await trio.sleep(delay)
                     delay = min(delay * 2, 1.0)
 
+    async def watchdog(self) -> None:
+        """Background task: a call past its deadline means an unresponsive server; drop the
+        connection, which completes every request on it (the calls then fail with EIO) and
+        starts the reconnector."""
+        tick = min(0.25, self.timeout / 8) if math.isfinite(self.timeout) else 1.0
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            late = [rid for rid, deadline in self._pending.items() if deadline <= now]
+            if not late:
+                continue
+            self._expired.update(late)
+            peer = self.peer
+            if peer is not None:
+                log.warning("request timed out after %.1f s: dropping the connection",
+                            self.timeout)
+                await self.ep.disconnect(peer)
+
     def _on_unexpected(self, status: Any) -> None:
         kind, rid = split_match(status.match)
         if kind in (Kind.REPLY, Kind.RDATA) and rid not in self._pending:
@@ -147,7 +168,7 @@ class RpcClient:
         ep = self.ep
         reply_buf = bytearray(REPLY_LARGE if op in LARGE_REPLY_OPS else REPLY_SMALL)
         posted: list[Any] = []
-        self._pending.add(rid)
+        self._pending[rid] = deadline
         try:
             rx = ep.irecv([mxnet.user(reply_buf)], make_match(Kind.REPLY, rid), MASK_ALL,
                           peer=peer)
@@ -160,7 +181,7 @@ class RpcClient:
             ep.isend(peer, segs, make_match(Kind.REQ, rid))
             if wdata is not None:
                 ep.isend(peer, [mxnet.user(p) for p in _parts(wdata)], make_match(Kind.WDATA, rid))
-            st = await self._wait(rx, deadline, peer)
+            st = await self._wait(rx, rid)
             if not st.ok:
                 raise RpcError(errno.EIO, f"reply {st.code.name}")
             err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
@@ -170,7 +191,8 @@ class RpcClient:
         except (ProtocolError, mxnet.MxError) as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
         finally:
-            self._pending.discard(rid)
+            del self._pending[rid]
+            self._expired.discard(rid)
             for req in posted:
                 if not req.done:
                     req.cancel()
@@ -190,16 +212,11 @@ class RpcClient:
         except mxnet.MxError as e:
             log.debug("posting %s failed: %s", op.name, e)
 
-    async def _wait(self, req: Any, deadline: float, peer: Any) -> Any:
-        remaining = deadline - trio.current_time()
-        try:
-            return await req.wait(timeout=max(remaining, 0.001))
-        except mxnet.Timeout:
-            log.warning("request timed out after %.1f s: dropping the connection", self.timeout)
-            if peer is self.peer:
-                # an unresponsive server: fail the other calls now and start reconnecting
-                await self.ep.disconnect(peer)
-            raise RpcError(errno.EIO, "timed out") from None
+    async def _wait(self, req: Any, rid: int) -> Any:
+        st = await req.wait()  # the watchdog bounds it: past the deadline it drops the peer
+        if rid in self._expired:
+            raise RpcError(errno.EIO, "timed out")
+        return st
 
     async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
         """Read into a pooled buffer (zero copy on the mx path); returns a view of what came.
@@ -212,17 +229,18 @@ class RpcClient:
         buf = self.buffers.get(size)
         hdr = bytearray(READ_HDR.size)
         ep = self.ep
-        self._pending.add(rid)
+        self._pending[rid] = deadline
         rd = ep.irecv([mxnet.user(hdr), mxnet.user(buf)], make_match(Kind.RDATA, rid), MASK_ALL,
                       peer=peer)
         try:
             ep.isend(peer, [mxnet.user(encode_request(Op.READ, hid, off, size))],
                      make_match(Kind.REQ, rid))
-            st = await self._wait(rd, deadline, peer)
+            st = await self._wait(rd, rid)
         except mxnet.MxError as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
         finally:
-            self._pending.discard(rid)
+            del self._pending[rid]
+            self._expired.discard(rid)
             if not rd.done:
                 rd.cancel()
         if st.code is not mxnet.StatusCode.SUCCESS or st.xfer_length < READ_HDR.size:
@@ -266,6 +284,7 @@ async def open_client(host: str, port: int, *, key: bytes, transport: str = "mx"
             connected = True
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.reconnector)
+                nursery.start_soon(client.watchdog)
                 try:
                     yield client
                 finally:
