@@ -161,7 +161,7 @@ class RpcClient:
                    wdata: Any = None) -> Any:
         """Send one request and return its result; raise RpcError(errno) on failure."""
         deadline = trio.current_time() + self.timeout
-        peer = await self._wait_peer(deadline)
+        peer = self.peer if self.peer is not None else await self._wait_peer(deadline)
         if epoch is not None and epoch != self.epoch:
             raise StaleEpoch()
         rid = next(self._rids)
@@ -222,7 +222,7 @@ class RpcClient:
         """Read into a pooled buffer (zero copy on the mx path); returns a view of what came.
         One request, one answer: header and data arrive as a single RDATA message."""
         deadline = trio.current_time() + self.timeout
-        peer = await self._wait_peer(deadline)
+        peer = self.peer if self.peer is not None else await self._wait_peer(deadline)
         if epoch != self.epoch:
             raise StaleEpoch()
         rid = next(self._rids)

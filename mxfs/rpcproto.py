@@ -110,8 +110,11 @@ _HLEN = struct.Struct("<I")
 READ_HDR = struct.Struct("<iI")  # errno, bytes of data that follow
 
 
+_KIND_BASE = {k: int(k) << KIND_SHIFT for k in Kind}
+
+
 def make_match(kind: Kind, rid: int) -> int:
-    return (int(kind) << KIND_SHIFT) | (rid & RID_MASK)
+    return _KIND_BASE[kind] | (rid & RID_MASK)
 
 
 def split_match(match: int) -> tuple[int, int]:

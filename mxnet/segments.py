@@ -101,7 +101,10 @@ def as_vector(segments: Any, *, writable: bool = False) -> tuple[Segment, ...]:
 
 
 def vector_length(vec: Iterable[Segment]) -> int:
-    return sum(s.length for s in vec)
+    n = 0
+    for s in vec:  # a plain loop: this runs for every multi-segment request
+        n += s.length
+    return n
 
 
 def pieces(vec: Iterable[Segment], offset: int, length: int) -> Iterator[Piece]:
