@@ -182,6 +182,8 @@ def format_stats(d: dict[str, Any]) -> str:
             rows.append(("reconnects", s.get("reconnects")))
         else:
             rows.append(("requests served", s.get("requests")))
+            rows.append(("  inline / in a task",
+                         f"{s.get('served_inline')} / {s.get('served_in_task')}"))
         for name, value in rows:
             lines.append(f"    {name:<28}{value}")
     return "\n".join(lines)

@@ -65,6 +65,8 @@ class Service:
         self.data_timeout = data_timeout
         self.requests = 0
         self.refused = 0
+        self.served_inline = 0  # answered inside the completion callback (no task switch)
+        self.served_in_task = 0  # had to wait (cold pages, WDATA, fsync): ran in a task
         ep.on_peer_lost(self._peer_lost)
         if hasattr(ep, "on_peer_accepted"):
             ep.on_peer_accepted(self._peer_accepted)
@@ -101,8 +103,10 @@ class Service:
             log.exception("internal error serving a request")
             served = True
         if served:
+            self.served_inline += 1
             self._post(buf)
         else:
+            self.served_in_task += 1
             self._nursery.start_soon(self._serve_then_post, st, buf)
 
     async def _serve_then_post(self, st: Any, buf: bytearray) -> None:
@@ -290,6 +294,8 @@ class Service:
         d = dict(self.ep.statistics().as_dict())
         d["requests"] = self.requests
         d["refused"] = self.refused
+        d["served_inline"] = self.served_inline
+        d["served_in_task"] = self.served_in_task
         d["open_handles"] = len(self.fs.handles)
         return d
 

@@ -80,6 +80,36 @@ async def test_rpc_roundtrip(tmp_path, transport):
         nursery.cancel_scope.cancel()
 
 
+async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transport):
+    """Metadata, small writes and cached reads are answered inside the completion callback;
+    a read of cold pages, a large (WDATA) write and fsync run in a task — and all answer."""
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as rpc:
+            hid, _ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
+            data = os.urandom(1 << 20)
+            before = (svc.served_inline, svc.served_in_task)
+            assert await rpc.write(hid, 0, data[:100], epoch=rpc.epoch) == 100  # inline
+            assert await rpc.call(Op.FGETATTR, hid, epoch=rpc.epoch)  # inline
+            assert bytes(await rpc.read(hid, 0, 100, epoch=rpc.epoch)) == data[:100]  # cached
+            assert (svc.served_inline - before[0], svc.served_in_task - before[1]) == (3, 0)
+            assert await rpc.write(hid, 0, data, epoch=rpc.epoch) == len(data)  # WDATA: task
+            await rpc.call(Op.FSYNC, hid, False, epoch=rpc.epoch)  # task
+            assert svc.served_in_task - before[1] == 2
+            fd = os.open(tmp_path / "g", os.O_RDONLY)
+            try:  # push the file out of the page cache: the next read must wait for the disk
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            cold = await rpc.read(hid, 512 << 10, 4096, epoch=rpc.epoch)
+            assert bytes(cold) == data[512 << 10:(512 << 10) + 4096]
+            srv = await rpc.call(Op.STATS)
+            assert srv["served_inline"] >= 4 and srv["served_in_task"] >= 2
+            await rpc.call(Op.RELEASE, hid)
+        nursery.cancel_scope.cancel()
+
+
 async def test_unanswered_call_times_out_with_eio(tmp_path):
     async with trio.open_nursery() as nursery:
         ep = await nursery.start(_endpoint, "mx")  # an endpoint that never answers
