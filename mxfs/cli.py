@@ -20,6 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
+from .gctune import tune_gc
 from .options import MountOptions, OptionError, parse_options
 
 PROG = "mxfs"
@@ -62,6 +63,7 @@ def _run_in_process(opts: MountOptions, notify: Any) -> int:
         state["ok"] = error is None
         notify(error)
 
+    tune_gc()
     trio.run(run_mount, opts, ready)
     if not state["said"]:
         notify("mount process ended before the mount was ready")

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 import trio
 
 import mxnet
+from mxfs.gctune import tune_gc
 from mxfs.options import OptionError, parse_address
 from mxfs.rpc import leaf_exception
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             raise OptionError(f"secret file {args.secret_file} is empty")
         if not args.listen.endswith(":0"):
             parse_address(args.listen)
+        tune_gc()
         trio.run(serve, args, key)
     except (OptionError, OSError) as e:
         msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
