@@ -234,17 +234,17 @@ class Endpoint:
                 os.sched_yield()  # the peer process may share this vCPU: let it run
                 await trio.lowlevel.cancel_shielded_checkpoint()
         if req.status is None:
+            # park until the completion reschedules us: cheaper than an Event per request
+            task = trio.lowlevel.current_task()
+            if req.on_done is None:
+                req.on_done = [task]
+            else:
+                req.on_done.append(task)
             if timeout is None:
-                # park until the completion reschedules us (inlined _park: the hot path)
-                task = trio.lowlevel.current_task()
-                if req.on_done is None:
-                    req.on_done = [task]
-                else:
-                    req.on_done.append(task)
                 await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
             else:
                 with _deadline(timeout):
-                    await _park(req)
+                    await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
         # (an already-completed request returns without yielding: one scheduler pass less
         # on the latency path; callers that loop on wait() still yield when they block)
         if self._track_any:
@@ -328,22 +328,15 @@ class Endpoint:
         flush = peer.kick
         unyielded = 0  # payload bytes read since this task last let others run
         while True:
-            # one recv_into in the common case; recv_exact_into handles EAGAIN, EOF, partials
-            while True:
-                try:
-                    k = recv_into(hview)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    flush()
-                    await trio.lowlevel.wait_readable(sock)
-                    unyielded = 0
-                except OSError as e:
-                    raise PeerGone(str(e)) from None
-            if k != HEADER_LEN:
-                if k == 0:
-                    raise PeerGone("connection closed by peer")
-                if await recv_exact_into(sock, hview[k:], flush):
-                    unyielded = 0
+            # one recv_into in the common case; recv_exact_into handles EAGAIN and partials
+            k = _recv_now(recv_into, hview)
+            while k < 0:
+                flush()
+                await trio.lowlevel.wait_readable(sock)
+                unyielded = 0
+                k = _recv_now(recv_into, hview)
+            if k != HEADER_LEN and await recv_exact_into(sock, hview[k:], flush):
+                unyielded = 0
             peer.rx_frames += 1
             h = unpack_header(hbuf)
             if h.length > self.config.max_message:
@@ -362,17 +355,9 @@ class Endpoint:
             ps = inbound.pieces
             if len(ps) == 1 and type(ps[0]) is memoryview:
                 v = ps[0]
-                try:
-                    k = recv_into(v)
-                except (BlockingIOError, InterruptedError):
-                    k = -1
-                except OSError as e:
-                    raise PeerGone(str(e)) from None
-                if k != v.nbytes:
-                    if k == 0:
-                        raise PeerGone("connection closed by peer")
-                    if await recv_exact_into(sock, v[k:] if k > 0 else v, flush):
-                        unyielded = 0
+                k = _recv_now(recv_into, v)
+                if k != v.nbytes and await recv_exact_into(sock, v[k:] if k > 0 else v, flush):
+                    unyielded = 0
             elif ps:
                 await self._receive_pieces(peer, ps, flush)
             if inbound.discard:
@@ -535,15 +520,18 @@ async def open_endpoint(host: str | None = "127.0.0.1", port: int = 0, *, key: b
 
 
 # -- helpers -------------------------------------------------------------------------------
-async def _park(req: Request) -> None:
-    """Sleep until the request completes (the completion reschedules us): cheaper than an
-    Event per request on the latency path."""
-    task = trio.lowlevel.current_task()
-    waiters = req.on_done
-    if waiters is None:
-        req.on_done = waiters = []
-    waiters.append(task)
-    await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
+def _recv_now(recv_into: Callable[[memoryview], int], view: memoryview) -> int:
+    """One non-blocking recv_into of a non-empty view: bytes read, -1 when the socket has
+    nothing now; PeerGone on EOF or a socket error."""
+    try:
+        k = recv_into(view)
+    except (BlockingIOError, InterruptedError):
+        return -1
+    except OSError as e:
+        raise PeerGone(str(e)) from None
+    if k == 0:
+        raise PeerGone("connection closed by peer")
+    return k
 
 
 def _aborter(req: Request, task: Any) -> Callable[[Any], trio.lowlevel.Abort]:

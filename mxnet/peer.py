@@ -71,12 +71,9 @@ class Peer:
             except OSError:
                 n = -1  # EAGAIN, or an error pump() will meet on the normal path
             if n >= 0:
-                stats = self.stats
-                stats.sendmsg_calls += 1
+                self.stats.sendmsg_calls += 1
                 if n == len(f.header) + f.length:
-                    stats.frames_sent += 1
-                    if self.on_sent is not None:
-                        self.on_sent(f, 0)
+                    self._sent(f, 0)
                     return
                 self._cur = f
                 self._parts = [memoryview(f.header), *f.pieces]
@@ -185,6 +182,9 @@ class Peer:
     def _finish(self) -> None:
         f, short = self._cur, self._short
         self._cur, self._parts, self._short = None, [], 0
+        self._sent(f, short)
+
+    def _sent(self, f: Any, short: int) -> None:
         self.stats.frames_sent += 1
         if self.on_sent is not None:
             self.on_sent(f, short)

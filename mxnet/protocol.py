@@ -418,12 +418,8 @@ class Engine(EngineBase):
         if req is not None:
             req.peer, req.match = peer, h.a
             st.current = (h, req)
-            vec = req.vec
-            if len(vec) == 1 and len(vec[0].views) == 1 and n <= req.length:
-                view = vec[0].views[0]  # the common case: one buffer, big enough
-                return Inbound([view if n == view.nbytes else view[:n]] if n else [])
             take = min(n, req.length)
-            return Inbound(piece_list(vec, 0, take), n - take)
+            return Inbound(piece_list(req.vec, 0, take), n - take)
         if not self.matcher.has_room(n):
             return Inbound(paused=True)
         item = _UnexpectedEager(bytearray(n))

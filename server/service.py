@@ -214,15 +214,16 @@ class Service:
             return self.statistics()
         return self.fs.call(peer, op, args)
 
-    def _read_plan(self, peer: Any, args: list[Any]) -> tuple[int, int, int, int] | None:
-        """(fd, off, n, errno) for a READ whose pages are cached (or that fails at once);
-        None when the pages must be read from disk first."""
+    def _read_plan(self, peer: Any, args: list[Any], probe: bool = True
+                   ) -> tuple[int, int, int, int] | None:
+        """(fd, off, n, errno) for a READ (errno set when it fails at once). With ``probe``,
+        None when its pages are not cached and must be read from disk first."""
         try:
             if len(args) != 3 or not all(type(a) is int for a in args):
                 raise OSError(errno.EPROTO, "malformed READ")
             hid, off, size = args
             fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
-            if n and not pagecache.cached(fd, off, n):
+            if probe and n and not pagecache.cached(fd, off, n):
                 return None
             return fd, off, n, 0
         except EscapeError as e:
@@ -233,27 +234,17 @@ class Service:
             return -1, 0, 0, e.errno or errno.EIO
 
     async def _read(self, peer: Any, rid: int, args: list[Any]) -> None:
-        """Answer a READ whose pages are cold: warm them in a thread (so the event loop
-        never waits for the disk), then answer as _send_read does."""
+        """Answer a READ; cold pages are first read in a thread, so the event loop never
+        waits for the disk. Then one message, as _send_read makes it."""
         plan = self._read_plan(peer, args)
         if plan is None:
-            hid, off, size = args
+            fd, off, n, _ = self._read_plan(peer, args, probe=False)  # type: ignore[misc]
             try:
-                fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
                 await trio.to_thread.run_sync(pagecache.warm, fd, off, n)
             except OSError:
-                pass  # the plan below reports the error
-            plan = self._read_plan(peer, args) or self._plan_anyway(peer, args)
-        self._send_read(peer, rid, *plan)
-
-    def _plan_anyway(self, peer: Any, args: list[Any]) -> tuple[int, int, int, int]:
-        """Pages evicted again while we warmed them: send them anyway (sendfile may block)."""
-        hid, off, size = args
-        try:
-            fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
-        except OSError as e:
-            return -1, 0, 0, e.errno or errno.EIO
-        return fd, off, n, 0
+                pass  # planning again reports it
+            plan = self._read_plan(peer, args, probe=False)  # the handle may be gone by now
+        self._send_read(peer, rid, *plan)  # type: ignore[misc]
 
     def _send_read(self, peer: Any, rid: int, fd: int, off: int, n: int, err: int) -> None:
         """One RDATA message: READ_HDR(errno, n), then n bytes of the file straight from the
