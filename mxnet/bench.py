@@ -7,6 +7,8 @@ and a gm endpoint; this process is the client. Every size is measured for every 
 in each round, transports interleaved, so they see the same machine state; the report gives
 the median over rounds and the spread (min–max). Latency is half the ping-pong round trip,
 as in the paper's figures; bandwidth is one-way streaming with 8 messages in flight.
+mx's ping-pong runs twice: a task waiting for each reply (``mx``), and driven by completion
+callbacks (``mx cb``: the reply's callback sends the next ping, no task wakes per message).
 Writes a markdown table, JSON lines and a PNG (latency and bandwidth vs size, log axes).
 """
 
@@ -205,6 +207,33 @@ class MxClient:
             await r.wait()
         return (time.perf_counter() - t0) / iters
 
+    async def pingpong_callbacks(self, size: int, iters: int) -> float:
+        """The same ping-pong driven by completion callbacks: the reply's callback sends the
+        next ping from inside the reader, so no task waits per message (the echo server's
+        style, and the mxfs server's). Shows what the reader->waiter hand-off costs."""
+        ep, peer = self.ep, self.peer
+        ep.isend(peer, [CMD.pack(PING, size, iters)], CTRL)
+        sbuf, rbuf = _touched(size), _touched(size)
+        left = iters
+        finished = trio.Event()
+
+        def ping() -> None:
+            ep.irecv([rbuf], BACK, mxnet.MASK_ALL, peer=peer).add_done_callback(pong)
+            ep.isend(peer, [sbuf], DATA)
+
+        def pong(_: Any) -> None:
+            nonlocal left
+            left -= 1
+            if left:
+                ping()
+            else:
+                finished.set()
+
+        t0 = time.perf_counter()
+        ping()
+        await finished.wait()
+        return (time.perf_counter() - t0) / iters
+
     async def stream(self, size: int, count: int) -> float:
         ep, peer = self.ep, self.peer
         ready = ep.irecv([bytearray(4)], BACK, mxnet.MASK_ALL, peer=peer)
@@ -273,6 +302,10 @@ async def run_client(ports: dict[str, int], sizes: list[int], rounds: int,
                     bw = await c.stream(size, stream_count(size))
                     results.append({"round": rnd, "transport": name, "size": size,
                                     "latency_us": rtt / 2 * 1e6, "bandwidth_MBps": bw / 1e6})
+                    if name == "mx":
+                        rtt = await c.pingpong_callbacks(size, pingpong_iters(size))
+                        results.append({"round": rnd, "transport": "mx-cb", "size": size,
+                                        "latency_us": rtt / 2 * 1e6})
                 if progress:
                     print(f"\r  round {rnd + 1}/{rounds}  size {size:>9} B", end="",
                           file=sys.stderr, flush=True)
@@ -296,10 +329,12 @@ def summarize(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
             continue
         cell = table.setdefault((r["transport"], r["size"]), {"lat": [], "bw": []})
         cell["lat"].append(r["latency_us"])
-        cell["bw"].append(r["bandwidth_MBps"])
+        if "bandwidth_MBps" in r:
+            cell["bw"].append(r["bandwidth_MBps"])
     return {k: {"lat": statistics.median(v["lat"]), "lat_min": min(v["lat"]),
-                "lat_max": max(v["lat"]), "bw": statistics.median(v["bw"]),
-                "bw_min": min(v["bw"]), "bw_max": max(v["bw"])} for k, v in table.items()}
+                "lat_max": max(v["lat"]), "bw": statistics.median(v["bw"] or [0]),
+                "bw_min": min(v["bw"] or [0]), "bw_max": max(v["bw"] or [0])}
+            for k, v in table.items()}
 
 
 def human(n: int) -> str:
@@ -310,12 +345,13 @@ def human(n: int) -> str:
 
 
 def markdown(summary: dict[tuple[str, int], dict[str, float]], sizes: list[int]) -> str:
-    lines = ["| size | raw lat µs | mx lat µs | gm lat µs | raw MB/s | mx MB/s | gm MB/s "
-             "| mx/raw bw | gm/mx bw |", "|---" * 9 + "|"]
+    lines = ["| size | raw lat µs | mx lat µs | mx cb lat µs | gm lat µs | raw MB/s | mx MB/s "
+             "| gm MB/s | mx/raw bw | gm/mx bw |", "|---" * 10 + "|"]
     for s in sizes:
-        c = {t: summary[(t, s)] for t in TRANSPORTS}
+        c = {t: summary[(t, s)] for t in (*TRANSPORTS, "mx-cb")}
         lines.append(
-            f"| {human(s)} | {c['raw']['lat']:.1f} | {c['mx']['lat']:.1f} | {c['gm']['lat']:.1f} "
+            f"| {human(s)} | {c['raw']['lat']:.1f} | {c['mx']['lat']:.1f} "
+            f"| {c['mx-cb']['lat']:.1f} | {c['gm']['lat']:.1f} "
             f"| {c['raw']['bw']:.0f} | {c['mx']['bw']:.0f} | {c['gm']['bw']:.0f} "
             f"| {c['mx']['bw'] / c['raw']['bw']:.2f} | {c['gm']['bw'] / c['mx']['bw']:.2f} |")
     return "\n".join(lines)
@@ -331,6 +367,8 @@ def plot(summary: dict[tuple[str, int], dict[str, float]], sizes: list[int], pat
     for t, style in zip(TRANSPORTS, ("k--", "b-o", "r-s"), strict=True):
         ax1.plot(sizes, [summary[(t, s)]["lat"] for s in sizes], style, label=t, markersize=3)
         ax2.plot(sizes, [summary[(t, s)]["bw"] for s in sizes], style, label=t, markersize=3)
+    ax1.plot(sizes, [summary[("mx-cb", s)]["lat"] for s in sizes], "c:^",
+             label="mx (callbacks)", markersize=3)
     ax1.set(xscale="log", yscale="log", xlabel="message size (bytes)",
             ylabel="one-way latency (µs, half ping-pong)", title="Latency")
     ax2.set(xscale="log", yscale="log", xlabel="message size (bytes)",
