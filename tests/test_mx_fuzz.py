@@ -116,7 +116,7 @@ def mutate(rnd: random.Random, transport: str) -> bytes:
     else:  # a random field
         pos = rnd.randrange(0, 32, 4)
         raw[pos : pos + 4] = rnd.randbytes(4)
-    if transport == "gm":
+    if transport == "gm" and len(raw) > 1:  # (a frame cut short may have no flags byte)
         raw[1] &= ~1  # no RAW flag: a raw GM frame waits (paused) for a posted buffer
     return bytes(raw)
 
