@@ -142,6 +142,13 @@ class ProtocolError(Exception):
     pass
 
 
+def _unpack(buf: memoryview | bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(buf, raw=False, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # bad msgpack, bad UTF-8,
+        raise ProtocolError(f"malformed {what}: {e}") from None  # an unhashable map key...
+
+
 def decode_request(buf: memoryview) -> tuple[int, list[Any], memoryview]:
     """Split a received REQ message into (op, args, inline-data view). No payload copy."""
     if len(buf) < _HLEN.size:
@@ -150,7 +157,7 @@ def decode_request(buf: memoryview) -> tuple[int, list[Any], memoryview]:
     end = _HLEN.size + hlen
     if end > len(buf):
         raise ProtocolError("request header overruns message")
-    header = msgpack.unpackb(buf[_HLEN.size:end], raw=False, use_list=True)
+    header = _unpack(buf[_HLEN.size:end], "request header")
     if not isinstance(header, list) or not header or not isinstance(header[0], int):
         raise ProtocolError("malformed request header")
     return header[0], header[1:], buf[end:]
@@ -161,7 +168,7 @@ def encode_reply(err: int, result: Any = None) -> bytes:
 
 
 def decode_reply(buf: memoryview | bytes) -> tuple[int, Any]:
-    reply = msgpack.unpackb(buf, raw=False, use_list=True)
+    reply = _unpack(buf, "reply")
     if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
         raise ProtocolError("malformed reply")
     return reply[0], reply[1]

@@ -40,7 +40,7 @@ class EscapeError(PermissionError):
 def split_path(path: bytes) -> list[bytes]:
     """Validate a client path and return its components (empty list = the root)."""
     if not isinstance(path, bytes | bytearray):
-        raise EscapeError("path is not bytes")
+        raise OSError(errno.EINVAL, "path is not bytes")  # a confused client, not an escape
     if path == b"":
         return []
     parts = bytes(path).split(b"/")

@@ -18,6 +18,8 @@ from mxfs.rpcproto import (
     PROTOCOL_VERSION,
     READDIR_MAX_BYTES,
     READDIR_MAX_ENTRIES,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
     Op,
     stat_tuple,
 )
@@ -68,7 +70,9 @@ class FileServer:
             raise OSError(errno.ENOSYS, f"unknown operation {op}")
         try:
             return fn(owner, *args)
-        except TypeError as e:  # wrong argument count/types from a confused client
+        except (TypeError, ValueError, OverflowError) as e:
+            # wrong argument count, types or ranges (a mode of -1, an offset of 2**70) from a
+            # confused client
             raise OSError(errno.EINVAL, f"bad arguments: {e}") from None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -197,6 +201,8 @@ class FileServer:
             os.rmdir(name, dir_fd=pfd)
 
     def rename(self, owner: Hashable, src: bytes, dst: bytes, flags: int = 0) -> None:
+        if type(flags) is not int or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, f"unsupported rename flags {flags!r}")
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
             renameat2(spfd, sname, dpfd, dname, flags)
 

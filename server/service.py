@@ -201,8 +201,12 @@ class Service:
     async def _dispatch(self, peer: Any, rid: int, op: int, args: list[Any],
                         inline: memoryview) -> Any:
         if op == Op.WRITE:
+            if len(args) != 3 or not all(type(a) is int and a >= 0 for a in args):
+                raise OSError(errno.EINVAL, "malformed WRITE")
             return await self._write(peer, rid, inline, *args)
         if op == Op.FSYNC:
+            if len(args) != 2 or type(args[0]) is not int:
+                raise OSError(errno.EINVAL, "malformed FSYNC")
             hid, datasync = args
             fd = self.fs.fsync_fd(peer, hid)
             try:
