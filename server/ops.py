@@ -71,7 +71,7 @@ class FileServer:
         try:
             return fn(owner, *args)
         except (TypeError, ValueError, OverflowError) as e:
-            # wrong argument count, types or ranges (a mode of -1, an offset of 2**70) from a
+            # wrong argument count, types or ranges (a mode of -1, an offset past 2**63) from a
             # confused client
             raise OSError(errno.EINVAL, f"bad arguments: {e}") from None
 
