@@ -131,7 +131,7 @@ class MxfsOperations(pyfuse3.Operations):
         return e
 
     def _learn(self, parent: int, name: bytes, st: StatTuple) -> EntryAttributes:
-        ino = self.inodes.lookup(parent, name, (st[0], st[1]))
+        ino = self.inodes.lookup(parent, name, (st[0], st[1]), st[3])
         return self._entry(ino, st)
 
     def _path(self, ino: int) -> bytes:

@@ -4,10 +4,13 @@ How this works
 --------------
 The server is path-based (its requests name paths beneath the export). The client gives each
 server object, identified by its (st_dev, st_ino), one FUSE inode number, so hard links share
-an inode as the kernel expects. Each inode remembers one name: (parent inode, name). Its path
+an inode as the kernel expects. Each inode has one current name: (parent inode, name). Its path
 is found by walking parents to the root, so renaming a directory is one update, not one per
 descendant. Each inode holds a reference on its parent entry (`children`), so a parent is
 never dropped while a child still names it, whatever order the kernel forgets them in.
+A file with several hard links also remembers the other names it was seen under (`links`):
+when its current name is unlinked or renamed over, the next still-valid one takes over, so
+`ln b c; mv g b; cat c` still reaches the file through "c".
 
 An entry lives while the kernel holds lookups on it (`nlookup`, FUSE semantics), children
 name it, or the client has it open (`opens`).
@@ -40,6 +43,7 @@ class Inode:
     size: int = -1  # last size/mtime the kernel was told about (close-to-open checks)
     mtime_ns: int = -1
     handles: set[int] = field(default_factory=set)  # open client file handles
+    links: list[tuple[int, bytes]] = field(default_factory=list)  # other hard-link names
 
 
 class InodeTable:
@@ -88,17 +92,34 @@ class InodeTable:
         return name if not p else p + b"/" + name
 
     # -- naming --------------------------------------------------------------------------------
-    def _unname(self, node: Inode) -> None:
+    def _unname(self, node: Inode, promote: bool = True, keep_name: bool = False) -> None:
+        """Drop node's current name (and its reference on the parent). With ``promote`` one of
+        its other hard-link names that is still valid becomes the current one."""
         if node.parent:
-            if self._by_name.get((node.parent, node.name)) == node.ino:
+            if not keep_name and self._by_name.get((node.parent, node.name)) == node.ino:
                 del self._by_name[(node.parent, node.name)]
             parent = self._inodes.get(node.parent)
             node.parent, node.name = 0, b""
             if parent is not None:
                 parent.children -= 1
                 self._maybe_drop(parent)
+        while promote and node.links and not node.parent:
+            p, n = node.links.pop(0)
+            if p in self._inodes and self._by_name.get((p, n)) == node.ino:
+                self._inodes[p].children += 1
+                node.parent, node.name = p, n
 
-    def _name(self, node: Inode, parent: int, name: bytes) -> None:
+    def _drop_name(self, node: Inode, parent: int, name: bytes) -> None:
+        """(parent, name) no longer names node: its current name or one of its links."""
+        if (node.parent, node.name) == (parent, name):
+            self._unname(node)
+        elif (parent, name) in node.links:
+            node.links.remove((parent, name))
+            if self._by_name.get((parent, name)) == node.ino:
+                del self._by_name[(parent, name)]
+
+    def _name(self, node: Inode, parent: int, name: bytes, keep_old: bool = False) -> None:
+        """Make (parent, name) node's current name; ``keep_old`` keeps the old one as a link."""
         if (node.parent, node.name) == (parent, name):
             self._by_name[(parent, name)] = node.ino
             return
@@ -108,10 +129,16 @@ class InodeTable:
         self._break_cycle(node, parent)
         old = self._by_name.get((parent, name))
         if old is not None and old != node.ino:
-            self._unname(self._inodes[old])
+            self._drop_name(self._inodes[old], parent, name)
+        if (parent, name) in node.links:
+            node.links.remove((parent, name))
+        if keep_old and node.parent and (node.parent, node.name) not in node.links:
+            node.links.append((node.parent, node.name))
+        else:
+            keep_old = False
         # take the new parent reference before dropping the old one (it may be the same)
         self.get(parent).children += 1
-        self._unname(node)
+        self._unname(node, promote=False, keep_name=keep_old)
         node.parent, node.name = parent, name
         self._by_name[(parent, name)] = node.ino
 
@@ -124,21 +151,22 @@ class InodeTable:
         while cur is not None and cur.parent and hops < 4096:
             if cur.parent == node.ino:
                 node.children += 1  # keep node alive while it loses that child
-                self._unname(cur)
+                self._unname(cur, promote=False)
                 node.children -= 1
                 return
             cur = self._inodes.get(cur.parent)
             hops += 1
 
-    def lookup(self, parent: int, name: bytes, key: Key) -> int:
-        """Record that *name* in *parent* is the server object *key*; count one kernel lookup."""
+    def lookup(self, parent: int, name: bytes, key: Key, nlink: int = 1) -> int:
+        """Record that *name* in *parent* is the server object *key*; count one kernel lookup.
+        With ``nlink`` > 1 the name it had so far stays known as another of its names."""
         ino = self._by_key.get(key)
         if ino is None:
             ino = next(self._ids)
             self._inodes[ino] = Inode(ino, key)
             self._by_key[key] = ino
         node = self._inodes[ino]
-        self._name(node, parent, name)
+        self._name(node, parent, name, keep_old=nlink > 1)
         node.nlookup += 1
         return ino
 
@@ -152,7 +180,11 @@ class InodeTable:
     def _maybe_drop(self, node: Inode) -> None:
         if node.ino == ROOT_INODE or node.nlookup or node.children or node.opens:
             return
-        self._unname(node)
+        self._unname(node, promote=False)
+        for link in node.links:
+            if self._by_name.get(link) == node.ino:
+                del self._by_name[link]
+        node.links.clear()
         del self._inodes[node.ino]
         if node.key is not None and self._by_key.get(node.key) == node.ino:
             del self._by_key[node.key]
@@ -161,24 +193,47 @@ class InodeTable:
         """The entry *name* in *parent* was unlinked or rmdir'ed."""
         ino = self._by_name.get((parent, name))
         if ino is not None:
-            self._unname(self._inodes[ino])
+            self._drop_name(self._inodes[ino], parent, name)
 
     def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                 exchange: bool = False) -> None:
         moved = self._by_name.get((parent, name))
         other = self._by_name.get((new_parent, new_name))
         if exchange:
+            for p in {parent, new_parent}:  # hold both directories while names move
+                self.get(p).children += 1
             if moved is not None:
-                self._unname(self._inodes[moved])
+                self._drop_name(self._inodes[moved], parent, name)
             if other is not None:
-                self._name(self._inodes[other], parent, name)
+                self._drop_name(self._inodes[other], new_parent, new_name)
+                self._add_name(self._inodes[other], parent, name)
             if moved is not None:
-                self._name(self._inodes[moved], new_parent, new_name)
+                self._add_name(self._inodes[moved], new_parent, new_name)
+            for p in {parent, new_parent}:
+                node = self.get(p)
+                node.children -= 1
+                self._maybe_drop(node)
             return
-        if other is not None and other != moved:
-            self._unname(self._inodes[other])
-        if moved is not None:
-            self._name(self._inodes[moved], new_parent, new_name)
+        if moved is not None and moved == other:
+            return  # two names of one file: rename(2) leaves both in place
+        if other is not None:
+            self._drop_name(self._inodes[other], new_parent, new_name)
+        if moved is None:
+            return
+        node = self._inodes[moved]
+        if (node.parent, node.name) == (parent, name):
+            self._name(node, new_parent, new_name)
+        else:  # one of its other names moved
+            self._drop_name(node, parent, name)
+            self._add_name(node, new_parent, new_name)
+
+    def _add_name(self, node: Inode, parent: int, name: bytes) -> None:
+        if not node.parent:
+            self._name(node, parent, name)
+        elif (parent, name) != (node.parent, node.name):
+            if (parent, name) not in node.links:
+                node.links.append((parent, name))
+            self._by_name[(parent, name)] = node.ino
 
     # -- opens ---------------------------------------------------------------------------------
     def opened(self, ino: int, fh: int) -> None:

@@ -57,6 +57,27 @@ def test_unlink_and_open_files():
     assert f not in t
 
 
+def test_other_hard_link_names_take_over():
+    t = InodeTable()
+    b = t.lookup(ROOT_INODE, b"b", (1, 5))
+    assert t.lookup(ROOT_INODE, b"c", (1, 5), nlink=2) == b  # ln b c
+    t.lookup(ROOT_INODE, b"b", (1, 5), nlink=2)  # the kernel looks b up again
+    g = t.lookup(ROOT_INODE, b"g", (1, 6))
+    t.renamed(ROOT_INODE, b"g", ROOT_INODE, b"b")  # mv g b: the file lives on as c
+    assert t.path(g) == b"b" and t.path(b) == b"c"
+    t.renamed(ROOT_INODE, b"c", ROOT_INODE, b"d")  # its remaining name moves
+    assert t.path(b) == b"d"
+    t.removed(ROOT_INODE, b"d")
+    with pytest.raises(StaleInode):
+        t.path(b)
+    e = t.lookup(ROOT_INODE, b"e", (1, 7))
+    t.lookup(ROOT_INODE, b"f", (1, 7), nlink=2)
+    t.renamed(ROOT_INODE, b"e", ROOT_INODE, b"f")  # both names of one file: nothing moves
+    assert t.path(e) == b"f"
+    t.removed(ROOT_INODE, b"f")
+    assert t.path(e) == b"e"
+
+
 def test_rename_over_and_exchange():
     t = InodeTable()
     a = t.lookup(ROOT_INODE, b"a", (1, 1))
@@ -70,7 +91,8 @@ def test_rename_over_and_exchange():
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["lookup", "forget", "rename", "remove"]),
+@given(st.lists(st.tuples(st.sampled_from(["lookup", "link", "forget", "rename", "remove",
+                                           "exchange"]),
                           st.integers(0, 5), st.integers(0, 5), st.integers(1, 3)),
                 max_size=60))
 def test_random_operations_keep_table_consistent(ops):
@@ -86,6 +108,15 @@ def test_random_operations_keep_table_consistent(ops):
                 continue
             if ino not in dirs:
                 dirs.append(ino)
+        elif op == "link":  # another name for an object already known (nlink > 1)
+            keys = [node.key for node in t._inodes.values() if node.key is not None]
+            if keys:
+                try:
+                    t.lookup(parent, name, keys[n % len(keys)], nlink=2)
+                except StaleInode:
+                    continue
+        elif op == "exchange":
+            t.renamed(parent, name, dirs[y % len(dirs)], b"n%d" % x, exchange=True)
         elif op == "forget":
             t.forget(dirs[x % len(dirs)], n)
         elif op == "rename":
@@ -105,3 +136,6 @@ def test_random_operations_keep_table_consistent(ops):
                 counts[node.parent] = counts.get(node.parent, 0) + 1
         for ino, node in t._inodes.items():
             assert node.children == counts.get(ino, 0)
+            if node.parent:  # the current name maps back to the inode
+                assert t._by_name[(node.parent, node.name)] == ino
+            assert (node.parent, node.name) not in node.links

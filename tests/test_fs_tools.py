@@ -153,6 +153,30 @@ def test_metadata_ops(fsenv):
         os.fsync(fh.fileno())
 
 
+def test_hard_link_outlives_its_first_name(fsenv):
+    """ln b c; mv g b; rm ...: the file stays reachable through every name it has left."""
+    server, m, tmp = fsenv
+    d = m.mnt / "hl"
+    d.mkdir()
+    (d / "b").write_bytes(b"first")
+    os.link(d / "b", d / "c")
+    os.stat(d / "b")  # the kernel looks b up again after c
+    (d / "g").write_bytes(b"second")
+    os.rename(d / "g", d / "b")
+    assert (d / "c").read_bytes() == b"first" and os.stat(d / "c").st_nlink == 1
+    assert (d / "b").read_bytes() == b"second"
+    os.link(d / "c", d / "e")
+    os.stat(d / "c")
+    os.unlink(d / "c")
+    os.chmod(d / "e", 0o640)  # path-based calls still find the file
+    assert (d / "e").read_bytes() == b"first"
+    os.symlink("b", d / "s")
+    os.link(d / "s", d / "t")  # a hard link to a symlink
+    os.lstat(d / "s")
+    os.rename(d / "e", d / "s")
+    assert os.readlink(d / "t") == "b"
+
+
 def test_errnos(fsenv):
     server, m, tmp = fsenv
     d = m.mnt / "err"
