@@ -131,7 +131,9 @@ class MxfsOperations(pyfuse3.Operations):
         return e
 
     def _learn(self, parent: int, name: bytes, st: StatTuple) -> EntryAttributes:
-        ino = self.inodes.lookup(parent, name, (st[0], st[1]), st[3])
+        # a directory's st_nlink counts its subdirectories, not names: it has only one
+        ino = self.inodes.lookup(parent, name, (st[0], st[1]),
+                                 1 if stat.S_ISDIR(st[2]) else st[3])
         return self._entry(ino, st)
 
     def _path(self, ino: int) -> bytes:
