@@ -132,10 +132,9 @@ class InodeTable:
             self._drop_name(self._inodes[old], parent, name)
         if (parent, name) in node.links:
             node.links.remove((parent, name))
-        if keep_old and node.parent and (node.parent, node.name) not in node.links:
+        keep_old = keep_old and node.parent != 0
+        if keep_old:  # (the current name is never among the links)
             node.links.append((node.parent, node.name))
-        else:
-            keep_old = False
         # take the new parent reference before dropping the old one (it may be the same)
         self.get(parent).children += 1
         self._unname(node, promote=False, keep_name=keep_old)

@@ -331,10 +331,12 @@ def summarize(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
         cell["lat"].append(r["latency_us"])
         if "bandwidth_MBps" in r:
             cell["bw"].append(r["bandwidth_MBps"])
-    return {k: {"lat": statistics.median(v["lat"]), "lat_min": min(v["lat"]),
-                "lat_max": max(v["lat"]), "bw": statistics.median(v["bw"] or [0]),
-                "bw_min": min(v["bw"] or [0]), "bw_max": max(v["bw"] or [0])}
+    return {k: {**_spread("lat", v["lat"]), **_spread("bw", v["bw"] or [0])}
             for k, v in table.items()}
+
+
+def _spread(name: str, xs: list[float]) -> dict[str, float]:
+    return {name: statistics.median(xs), f"{name}_min": min(xs), f"{name}_max": max(xs)}
 
 
 def human(n: int) -> str:

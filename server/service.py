@@ -56,6 +56,13 @@ def _op_name(op: int) -> str:
         return str(op)
 
 
+def _write_args(args: list[Any]) -> tuple[int, int, int]:
+    """(handle, offset, length) of a WRITE request, or EINVAL."""
+    if len(args) != 3 or not all(type(a) is int and a >= 0 for a in args):
+        raise OSError(errno.EINVAL, "malformed WRITE")
+    return args[0], args[1], args[2]
+
+
 class Service:
     def __init__(self, ep: Any, fs: FileServer, *, slots: int = REQ_SLOTS,
                  data_timeout: float = 30.0) -> None:
@@ -142,7 +149,7 @@ class Service:
 
     def _sync_call(self, peer: Any, op: int, args: list[Any], inline: memoryview) -> Any:
         if op == Op.WRITE:
-            hid, off, _n = args
+            hid, off, _n = _write_args(args)
             return self.fs.write_inline(peer, hid, off, inline)
         if op == Op.STATS:
             return self.statistics()
@@ -201,9 +208,7 @@ class Service:
     async def _dispatch(self, peer: Any, rid: int, op: int, args: list[Any],
                         inline: memoryview) -> Any:
         if op == Op.WRITE:
-            if len(args) != 3 or not all(type(a) is int and a >= 0 for a in args):
-                raise OSError(errno.EINVAL, "malformed WRITE")
-            return await self._write(peer, rid, inline, *args)
+            return await self._write(peer, rid, inline, *_write_args(args))
         if op == Op.FSYNC:
             if len(args) != 2 or type(args[0]) is not int:
                 raise OSError(errno.EINVAL, "malformed FSYNC")
