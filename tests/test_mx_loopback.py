@@ -445,3 +445,28 @@ async def test_statistics_count_messages(transport):
         d = c.as_dict()
         assert d["messages_sent"] == 4 and d["payload_bytes_sent"] == 51_110
         assert s.peers_connected == 1 and c.transport == transport
+
+
+async def test_vector_goes_out_in_one_sendmsg_chunked_by_iov_max(transport):
+    """mx puts a whole vector on the wire with one sendmsg (header + every piece), and
+    splits only where the kernel's IOV_MAX forces it; gm sends one contiguous bounce
+    buffer, so one sendmsg either way."""
+    from mxnet.sockio import IOV_MAX
+
+    async with endpoint_pair(transport) as pair:
+        await exchange(pair, b"warm", bytearray(4))
+        for npieces in (256, IOV_MAX + 100):
+            data = rbytes(npieces, 3)
+            if npieces <= 256:  # 256 user segments of one byte
+                segs = [mxnet.user(data[i : i + 1]) for i in range(npieces)]
+            else:  # one segment of many small pages (not full pages)
+                segs = [mxnet.pages([data[i : i + 1] for i in range(npieces)], full=False)]
+            before = pair.client.statistics().sendmsg_calls
+            buf = bytearray(npieces)
+            rs, ts = await exchange(pair, data, buf, send_segs=segs)
+            assert rs.ok and ts.ok and buf == data
+            calls = pair.client.statistics().sendmsg_calls - before
+            if transport == "gm" or npieces + 1 <= IOV_MAX:
+                assert calls == 1
+            else:  # header + pieces, IOV_MAX per call
+                assert calls == -(-(npieces + 1) // IOV_MAX)
