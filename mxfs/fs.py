@@ -112,6 +112,10 @@ class MxfsOperations(pyfuse3.Operations):
         self.dirty: set[int] = set()  # file handles with a pending write-behind run
         self._senders: trio.Nursery | None = None  # where write-behind runs travel
         self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
+        # directory inode -> (until when, its attributes right after our last change in it):
+        # the kernel drops a directory's attributes after every create/unlink/rename in it and
+        # asks again before the next one (permission check); this answers that getattr
+        self._dir_after: dict[int, tuple[float, StatTuple]] = {}
 
     def init(self) -> None:
         self.initialized.set()
@@ -135,6 +139,14 @@ class MxfsOperations(pyfuse3.Operations):
         ino = self.inodes.lookup(parent, name, (st[0], st[1]),
                                  1 if stat.S_ISDIR(st[2]) else st[3])
         return self._entry(ino, st)
+
+    def _changed_dir(self, ino: int, st: StatTuple) -> None:
+        """Remember a directory's post-op attributes (from the server's reply to a change in
+        it) for one getattr within attr_timeout, as NFS clients use post-op attributes."""
+        if self.opts.attr_timeout > 0:
+            if len(self._dir_after) > 4096:
+                self._dir_after.clear()
+            self._dir_after[ino] = (trio.current_time() + self.opts.attr_timeout, st)
 
     def _path(self, ino: int) -> bytes:
         try:
@@ -220,6 +232,9 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        after = self._dir_after.pop(inode, None)
+        if after is not None and after[0] > trio.current_time():
+            return self._entry(inode, after[1])
         await self._settle_inode(inode)
         node = self.inodes.get(inode)
         for fh in list(node.handles):
@@ -236,6 +251,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> EntryAttributes:
+        self._dir_after.pop(inode, None)
         await self._settle_inode(inode)
         args = [
             attr.st_mode if fields.update_mode else None,
@@ -268,36 +284,44 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> EntryAttributes:
-        st = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
-                                 ctx.uid, ctx.gid)
+        st, pst = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
+                                      ctx.uid, ctx.gid)
+        self._changed_dir(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
-        st = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode, ctx.uid, ctx.gid)
+        st, pst = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
+                                      ctx.uid, ctx.gid)
+        self._changed_dir(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: Any) -> EntryAttributes:
-        st = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
-                                 ctx.uid, ctx.gid)
+        st, pst = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
+                                      ctx.uid, ctx.gid)
+        self._changed_dir(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: Any) -> EntryAttributes:
-        st = await self.rpc.call(Op.LINK, self._path(inode), self._child(new_parent_inode, new_name))
+        st, pst = await self.rpc.call(Op.LINK, self._path(inode),
+                                      self._child(new_parent_inode, new_name))
+        self._changed_dir(new_parent_inode, pst)
         return self._learn(new_parent_inode, new_name, st)
 
     @_guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
+        pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
+        self._changed_dir(parent_inode, pst)
         self.inodes.removed(parent_inode, name)
 
     @_guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self.rpc.call(Op.RMDIR, self._child(parent_inode, name))
+        pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name))
+        self._changed_dir(parent_inode, pst)
         self.inodes.removed(parent_inode, name)
 
     @_guard
@@ -308,8 +332,10 @@ class MxfsOperations(pyfuse3.Operations):
             wire |= RENAME_NOREPLACE
         if flags & pyfuse3.RENAME_EXCHANGE:
             wire |= RENAME_EXCHANGE
-        await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
-                            self._child(parent_inode_new, name_new), wire)
+        spst, dpst = await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
+                                         self._child(parent_inode_new, name_new), wire)
+        self._changed_dir(parent_inode_old, spst)
+        self._changed_dir(parent_inode_new, dpst)
         self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
                             exchange=bool(wire & RENAME_EXCHANGE))
 
@@ -348,8 +374,9 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[FileInfo, EntryAttributes]:
-        hid, st = await self.rpc.call(Op.CREATE, self._child(parent_inode, name), flags, mode,
-                                      ctx.uid, ctx.gid)
+        hid, st, pst = await self.rpc.call(Op.CREATE, self._child(parent_inode, name), flags,
+                                           mode, ctx.uid, ctx.gid)
+        self._changed_dir(parent_inode, pst)
         entry = self._learn(parent_inode, name, st)
         return self._opened(entry.st_ino, flags, hid, st), entry
 

@@ -35,6 +35,7 @@ from .rpcproto import (
     INLINE_MAX,
     LARGE_REPLY_OPS,
     MASK_ALL,
+    PROTOCOL_VERSION,
     READ_HDR,
     REPLY_LARGE,
     REPLY_SMALL,
@@ -95,9 +96,31 @@ class RpcClient:
             peer = await self.ep.connect(self.host, self.port + 1, timeout=t)
             self.port += 1
         self.peer = peer
+        with trio.move_on_after(t) as scope:
+            await self._check_version(peer)
+        if scope.cancelled_caught:
+            self.peer = None
+            await self.ep.disconnect(peer)
+            raise mxnet.ConnectError(f"server {self.host}:{self.port} did not answer the "
+                                     f"version check within {t:g} s")
         self.epoch += 1
         self._connected.set()
         log.info("connected to %s:%d (epoch %d)", self.host, self.port, self.epoch)
+
+    async def _check_version(self, peer: Any) -> None:
+        """The server must speak this client's request/reply shapes: ask it (PING) first."""
+        try:
+            info = await self.call(Op.PING)
+            version = info.get("version") if isinstance(info, dict) else None
+        except RpcError as e:
+            version, why = None, f"it did not answer the version check ({e})"
+        else:
+            why = f"it speaks mxfs protocol {version}, this client {PROTOCOL_VERSION}: " \
+                  "run the same mxfs version on both sides"
+        if version != PROTOCOL_VERSION:
+            self.peer = None
+            await self.ep.disconnect(peer)
+            raise mxnet.ConnectError(f"server {self.host}:{self.port} refused: {why}")
 
     def _on_peer_lost(self, peer: Any) -> None:
         if peer is self.peer:

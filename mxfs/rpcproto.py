@@ -38,7 +38,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: namespace changes answer with the parent directory's post-op attributes
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT

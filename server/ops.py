@@ -32,6 +32,13 @@ _OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_EXCL | os
 _ALLOWED_NODES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK)
 
 
+def _dir_st(pfd: int) -> list[int]:
+    """The parent directory's attributes right after a change in it (NFS's post-op
+    attributes): the client answers the kernel's next getattr of that directory with them
+    instead of another round trip."""
+    return stat_tuple(os.fstat(pfd))
+
+
 class FileServer:
     def __init__(self, export: Export, handles: HandleTable | None = None) -> None:
         self.export = export
@@ -169,14 +176,14 @@ class FileServer:
         with self.export.parent(path) as (pfd, name):
             os.mknod(name, mode, 0, dir_fd=pfd)
             self._chown_new(pfd, name, uid, gid)
-            return stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False))
+            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
     def mkdir(self, owner: Hashable, path: bytes, mode: int, uid: int | None = None,
               gid: int | None = None) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.mkdir(name, mode, dir_fd=pfd)
             self._chown_new(pfd, name, uid, gid)
-            return stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False))
+            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
     def symlink(self, owner: Hashable, path: bytes, target: bytes, uid: int | None = None,
                 gid: int | None = None) -> list[int]:
@@ -185,26 +192,29 @@ class FileServer:
         with self.export.parent(path) as (pfd, name):
             os.symlink(target, name, dir_fd=pfd)
             self._chown_new(pfd, name, uid, gid)
-            return stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False))
+            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
     def link(self, owner: Hashable, src: bytes, dst: bytes) -> list[int]:
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
             os.link(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd, follow_symlinks=False)
-            return stat_tuple(os.stat(dname, dir_fd=dpfd, follow_symlinks=False))
+            return [stat_tuple(os.stat(dname, dir_fd=dpfd, follow_symlinks=False)), _dir_st(dpfd)]
 
-    def unlink(self, owner: Hashable, path: bytes) -> None:
+    def unlink(self, owner: Hashable, path: bytes) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.unlink(name, dir_fd=pfd)
+            return _dir_st(pfd)
 
-    def rmdir(self, owner: Hashable, path: bytes) -> None:
+    def rmdir(self, owner: Hashable, path: bytes) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.rmdir(name, dir_fd=pfd)
+            return _dir_st(pfd)
 
-    def rename(self, owner: Hashable, src: bytes, dst: bytes, flags: int = 0) -> None:
+    def rename(self, owner: Hashable, src: bytes, dst: bytes, flags: int = 0) -> list[list[int]]:
         if type(flags) is not int or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, f"unsupported rename flags {flags!r}")
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
             renameat2(spfd, sname, dpfd, dname, flags)
+            return [_dir_st(spfd), _dir_st(dpfd)]
 
     # -- files ---------------------------------------------------------------------------------
     def _register(self, owner: Hashable, fd: int, flags: int) -> list[Any]:
@@ -240,7 +250,8 @@ class FileServer:
                 except OSError:
                     os.close(fd)
                     raise
-        return self._register(owner, fd, flags)
+            parent_st = _dir_st(pfd)
+        return [*self._register(owner, fd, flags), parent_st]
 
     def release(self, owner: Hashable, hid: int) -> None:
         self.handles.close(owner, hid)

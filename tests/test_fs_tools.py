@@ -153,6 +153,40 @@ def test_metadata_ops(fsenv):
         os.fsync(fh.fileno())
 
 
+def test_directory_changes_cost_no_extra_getattr(fsenv):
+    """The kernel drops a directory's attributes after every create, mkdir or unlink in it and
+    asks for them again (permission check) before the next one. The server's reply carries
+    the directory's attributes after the change, and the client answers that getattr with
+    them: a create is LOOKUP + CREATE + RELEASE (was 4 round trips), a mkdir LOOKUP + MKDIR."""
+    server, m, tmp = fsenv
+    d = m.mnt / "postop"
+    d.mkdir()
+    os.stat(d)
+    n = 30
+
+    def sent() -> int:  # client messages so far (reading the stats is one more)
+        return m.stats()["client"]["messages_sent"]
+
+    before = sent()
+    for i in range(n):
+        os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    assert sent() - before - 1 <= 3 * n + 2
+    before = sent()
+    for i in range(n):
+        os.mkdir(d / f"d{i}")
+    assert sent() - before - 1 <= 2 * n + 2
+    # what the kernel was told is what the server's disk says
+    st, real = os.stat(d), os.stat(server.export / "postop")
+    assert (st.st_nlink, st.st_mtime_ns, st.st_ctime_ns) == \
+        (real.st_nlink, real.st_mtime_ns, real.st_ctime_ns) and st.st_nlink == n + 2
+    for i in range(n):
+        os.unlink(d / f"f{i}")
+        os.rmdir(d / f"d{i}")
+    st, real = os.stat(d), os.stat(server.export / "postop")
+    assert (st.st_nlink, st.st_mtime_ns) == (real.st_nlink, real.st_mtime_ns) == (2, st.st_mtime_ns)
+    assert os.listdir(d) == []
+
+
 def test_hard_link_outlives_its_first_name(fsenv):
     """ln b c; mv g b; rm ...: the file stays reachable through every name it has left."""
     server, m, tmp = fsenv

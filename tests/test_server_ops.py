@@ -44,8 +44,9 @@ def test_request_roundtrip_keeps_inline_view():
 
 
 def test_create_write_read_stat(fs, tmp_path):
-    hid, st = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640, None, None])
+    hid, st, parent = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640, None, None])
     assert stat.S_ISREG(st[2]) and stat.S_IMODE(st[2]) == 0o640
+    assert stat.S_ISDIR(parent[2]) and parent[11] == os.stat(tmp_path).st_mtime_ns
     assert fs.write_inline(A, hid, 0, memoryview(b"hello world")) == 11
     fd, n = fs.read_plan(A, hid, 6, 100)
     assert n == 5 and os.pread(fd, n, 6) == b"world"
@@ -60,10 +61,10 @@ def test_create_write_read_stat(fs, tmp_path):
 
 
 def test_create_exclusive(fs):
-    hid, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
+    hid, _, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
     with pytest.raises(FileExistsError):
         fs.call(A, Op.CREATE, [b"f", os.O_WRONLY | os.O_EXCL, 0o644])
-    hid2, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists, no O_EXCL: opened
+    hid2, _, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists, no O_EXCL: opened
     assert hid2 != hid
 
 
@@ -76,7 +77,7 @@ def test_append_lands_at_end(fs, tmp_path):
 
 
 def test_sparse_and_large_offsets(fs, tmp_path):
-    hid, _ = fs.call(A, Op.CREATE, [b"sparse", os.O_RDWR, 0o644])
+    hid, _, _ = fs.call(A, Op.CREATE, [b"sparse", os.O_RDWR, 0o644])
     off = 5 * 1024**3
     fs.write_inline(A, hid, off, memoryview(b"end"))
     st = stat_dict(fs.call(A, Op.FGETATTR, [hid]))
@@ -104,23 +105,40 @@ def test_setattr_variants(fs, tmp_path):
     assert ei.value.errno == errno.ENOENT
 
 
+def post_op(reply: list, directory) -> list:
+    """A namespace change answers with its parent directory's attributes after the change:
+    they must be exactly what a stat of that directory says now."""
+    st = os.stat(directory)
+    assert stat.S_ISDIR(reply[2]) and (reply[0], reply[1]) == (st.st_dev, st.st_ino)
+    assert (reply[3], reply[11], reply[12]) == (st.st_nlink, st.st_mtime_ns, st.st_ctime_ns)
+    return reply
+
+
 def test_namespace_ops(fs, tmp_path):
-    d = fs.call(A, Op.MKDIR, [b"d", 0o755, None, None])
+    d, parent = fs.call(A, Op.MKDIR, [b"d", 0o755, None, None])
     assert stat.S_ISDIR(d[2])
-    fs.call(A, Op.MKNOD, [b"d/fifo", stat.S_IFIFO | 0o644, 0])
+    assert post_op(parent, tmp_path)[3] == 3  # ".", "..", and d's ".." now
+    _, parent = fs.call(A, Op.MKNOD, [b"d/fifo", stat.S_IFIFO | 0o644, 0])
+    post_op(parent, tmp_path / "d")
     assert stat.S_ISFIFO(os.lstat(tmp_path / "d" / "fifo").st_mode)
     fs.call(A, Op.SYMLINK, [b"d/ln", b"../elsewhere"])
     assert os.readlink(tmp_path / "d" / "ln") == "../elsewhere"
     (tmp_path / "a").write_bytes(b"A")
     (tmp_path / "b").write_bytes(b"B")
-    st = fs.call(A, Op.LINK, [b"a", b"d/a2"])
+    st, parent = fs.call(A, Op.LINK, [b"a", b"d/a2"])
     assert st[3] == 2
+    post_op(parent, tmp_path / "d")
     with pytest.raises(FileExistsError):
         fs.call(A, Op.RENAME, [b"a", b"b", RENAME_NOREPLACE])
     fs.call(A, Op.RENAME, [b"a", b"b", RENAME_EXCHANGE])
     assert (tmp_path / "a").read_bytes() == b"B" and (tmp_path / "b").read_bytes() == b"A"
-    fs.call(A, Op.RENAME, [b"b", b"d/b", 0])
+    src_parent, dst_parent = fs.call(A, Op.RENAME, [b"b", b"d/b", 0])
     assert (tmp_path / "d" / "b").exists()
+    post_op(src_parent, tmp_path)
+    post_op(dst_parent, tmp_path / "d")
+    post_op(fs.call(A, Op.UNLINK, [b"d/fifo"]), tmp_path / "d")
+    fs.call(A, Op.MKDIR, [b"d/e", 0o755, None, None])
+    assert post_op(fs.call(A, Op.RMDIR, [b"d/e"]), tmp_path / "d")[3] == 2
     with pytest.raises(OSError) as ei:
         fs.call(A, Op.RMDIR, [b"d"])
     assert ei.value.errno == errno.ENOTEMPTY

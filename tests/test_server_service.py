@@ -10,7 +10,17 @@ import trio
 
 import mxnet
 from mxfs.rpc import RpcError, StaleEpoch, open_client
-from mxfs.rpcproto import INLINE_MAX, Op
+from mxfs.rpcproto import (
+    INLINE_MAX,
+    KIND_MASK,
+    KIND_SHIFT,
+    PROTOCOL_VERSION,
+    Kind,
+    Op,
+    encode_reply,
+    make_match,
+    split_match,
+)
 from server.confine import Export
 from server.handles import HandleTable
 from server.ops import FileServer
@@ -44,7 +54,7 @@ async def test_rpc_roundtrip(tmp_path, transport):
         ep, svc = await _serve(nursery, tmp_path, transport)
         async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
                                timeout=5) as rpc:
-            hid, st = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
+            hid, st, _ = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
             small = os.urandom(INLINE_MAX)
             big = os.urandom(3 * 1024 * 1024 + 17)
             assert await rpc.write(hid, 0, small, epoch=rpc.epoch) == len(small)
@@ -87,7 +97,7 @@ async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transp
         ep, svc = await _serve(nursery, tmp_path, transport)
         async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
                                timeout=5) as rpc:
-            hid, _ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
+            hid, _, _ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
             data = os.urandom(1 << 20)
             before = (svc.served_inline, svc.served_in_task)
             assert await rpc.write(hid, 0, data[:100], epoch=rpc.epoch) == 100  # inline
@@ -110,15 +120,38 @@ async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transp
         nursery.cancel_scope.cancel()
 
 
+async def _answers_once(version, task_status=trio.TASK_STATUS_IGNORED):
+    """An endpoint that answers the client's version check (PING) and then nothing more."""
+    async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY) as ep:
+        task_status.started(ep)
+        st = await ep.irecv(bytearray(4096), int(Kind.REQ) << KIND_SHIFT, KIND_MASK).wait()
+        reply = encode_reply(0, {"version": version})
+        await ep.isend(st.source, reply, make_match(Kind.REPLY, split_match(st.match)[1])).wait()
+        await trio.sleep_forever()
+
+
 async def test_unanswered_call_times_out_with_eio(tmp_path):
     async with trio.open_nursery() as nursery:
-        ep = await nursery.start(_endpoint, "mx")  # an endpoint that never answers
+        ep = await nursery.start(_answers_once, PROTOCOL_VERSION)
         async with open_client("127.0.0.1", ep.address[1], key=KEY, timeout=0.5) as rpc:
             t0 = trio.current_time()
             with pytest.raises(RpcError) as ei:
                 await rpc.call(Op.PING)
             assert ei.value.errno == errno.EIO
             assert trio.current_time() - t0 < 2.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_checks_the_protocol_version(tmp_path):
+    async with trio.open_nursery() as nursery:
+        old = await nursery.start(_answers_once, PROTOCOL_VERSION - 1)
+        with pytest.raises(mxnet.ConnectError, match="speaks mxfs protocol 1, this client 2"):
+            async with open_client("127.0.0.1", old.address[1], key=KEY, timeout=2):
+                pass
+        mute = await nursery.start(_endpoint, "mx")  # accepts, never answers
+        with pytest.raises(mxnet.ConnectError, match="did not answer the version check"):
+            async with open_client("127.0.0.1", mute.address[1], key=KEY, timeout=0.5):
+                pass
         nursery.cancel_scope.cancel()
 
 
