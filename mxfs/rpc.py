@@ -81,6 +81,10 @@ class RpcClient:
         self._expired: set[int] = set()  # calls the watchdog gave up on
         self._connected = trio.Event()
         self._lost = trio.Event()
+        self.debug = log.isEnabledFor(logging.DEBUG)  # -o debug: log every request
+        if self.debug:  # (an instance attribute: the normal path keeps no extra layer)
+            self.call = self._logged_call  # type: ignore[method-assign]
+            self.read = self._logged_read  # type: ignore[method-assign]
         ep.on_peer_lost(self._on_peer_lost)
         ep.set_unexpected_handler(self._on_unexpected)
 
@@ -227,6 +231,8 @@ class RpcClient:
         if peer is None or (epoch is not None and epoch != self.epoch):
             return  # the server dropped this connection's handles by itself
         rid = next(self._rids)
+        if self.debug:
+            log.debug("%s(%s) posted", op.name, ", ".join(_brief(a) for a in args))
         try:
             self.ep.irecv([mxnet.user(bytearray(REPLY_SMALL))], make_match(Kind.REPLY, rid),
                           MASK_ALL, peer=peer)
@@ -282,12 +288,44 @@ class RpcClient:
             return await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
         return await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
 
+    # -- -o debug ------------------------------------------------------------------------------
+    async def _logged_call(self, op: Op, *args: Any, **kw: Any) -> Any:
+        return await self._logged(op, args, RpcClient.call(self, op, *args, **kw))
+
+    async def _logged_read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
+        return await self._logged(Op.READ, (hid, off, size),
+                                  RpcClient.read(self, hid, off, size, epoch=epoch))
+
+    async def _logged(self, op: Op, args: tuple[Any, ...], call: Any) -> Any:
+        t0 = trio.current_time()
+        outcome = "ok"
+        try:
+            return await call
+        except RpcError as e:
+            outcome = errno.errorcode.get(e.errno, str(e.errno))
+            raise
+        except StaleEpoch:
+            outcome = "stale handle (reconnects)"
+            raise
+        finally:
+            log.debug("%s(%s) -> %s in %.0f us", op.name, ", ".join(_brief(a) for a in args),
+                      outcome, (trio.current_time() - t0) * 1e6)
+
     def statistics(self) -> dict[str, Any]:
         d = dict(self.ep.statistics().as_dict())
         d["epoch"] = self.epoch
         d["reconnects"] = self.reconnects
         d["connected"] = self.peer is not None
         return d
+
+
+def _brief(arg: Any) -> str:
+    """An argument as a debug log line shows it: paths in full, payloads by their size."""
+    if isinstance(arg, bytes) and len(arg) <= 200:
+        return repr(arg)
+    if isinstance(arg, bytes | bytearray | memoryview | list):
+        return f"<{len(arg)} {type(arg).__name__}>"
+    return repr(arg)
 
 
 def _parts(data: Any) -> list[Any]:

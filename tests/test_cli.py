@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from conftest_fs import PY, ROOT, ServerProc, env, is_mounted, needs_fuse, unmount
+from conftest_fs import PY, ROOT, MountProc, ServerProc, env, is_mounted, needs_fuse, unmount
 
 from mxfs.cli import format_stats
 from mxfs.options import OptionError, parse_address, parse_options
@@ -112,6 +112,28 @@ def test_server_cli_errors(tmp_path):
 
 @needs_fuse
 @pytest.mark.fuse
+@needs_fuse
+def test_debug_option_logs_every_request(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("sesame\n")
+    server = ServerProc(export, secret).start()
+    m = MountProc(server.port, tmp_path / "mnt", secret, extra="debug")
+    try:
+        m.start()
+        (m.mnt / "f").write_bytes(b"hello")
+        assert (m.mnt / "f").read_bytes() == b"hello"
+        os.unlink(m.mnt / "f")
+    finally:
+        m.stop()
+        server.stop()
+    log = m.log.read_text()
+    for expected in ("GETATTR(b'f') -> ENOENT", "CREATE(b'f', ", "WRITE(1, 0, 5) -> ok",
+                     "READ(", "RELEASE(1) posted", "UNLINK(b'f') -> ok in "):
+        assert expected in log, expected
+
+
 def test_cli_daemon_mount_stats_umount(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
