@@ -374,10 +374,12 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[FileInfo, EntryAttributes]:
-        hid, st, pst = await self.rpc.call(Op.CREATE, self._child(parent_inode, name), flags,
-                                           mode, ctx.uid, ctx.gid)
+        hid, st, pst, created = await self.rpc.call(
+            Op.CREATE, self._child(parent_inode, name), flags, mode, ctx.uid, ctx.gid)
         self._changed_dir(parent_inode, pst)
         entry = self._learn(parent_inode, name, st)
+        if created:  # a new file has no capability xattr: the first write needn't ask
+            self._no_capability(entry.st_ino)
         return self._opened(entry.st_ino, flags, hid, st), entry
 
     @_guard
@@ -634,13 +636,16 @@ class MxfsOperations(pyfuse3.Operations):
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 if name == CAPABILITY:
-                    # the kernel asks before EVERY write (to drop file capabilities): remember
-                    # "none" for attr_timeout, as attributes are remembered
-                    if len(self._no_cap) > 65536:
-                        self._no_cap.clear()
-                    self._no_cap[inode] = trio.current_time() + self.opts.attr_timeout
+                    self._no_capability(inode)
                 raise FUSEError(pyfuse3.ENOATTR) from None
             raise
+
+    def _no_capability(self, inode: int) -> None:
+        """The kernel asks for security.capability before EVERY write (to drop file
+        capabilities): remember "none" for attr_timeout, as attributes are remembered."""
+        if len(self._no_cap) > 65536:
+            self._no_cap.clear()
+        self._no_cap[inode] = trio.current_time() + self.opts.attr_timeout
 
     @_guard
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:

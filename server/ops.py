@@ -237,6 +237,7 @@ class FileServer:
         keep = flags & _OPEN_KEEP
         with self.export.parent(path) as (pfd, name):
             check_name(name)
+            created = True
             try:
                 fd = os.open(name, keep | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              stat.S_IMODE(mode), dir_fd=pfd)
@@ -244,6 +245,7 @@ class FileServer:
                 if flags & os.O_EXCL:
                     raise
                 fd = os.open(name, (keep & ~os.O_EXCL) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                created = False
             else:
                 try:
                     self._chown_new(pfd, name, uid, gid)
@@ -251,7 +253,8 @@ class FileServer:
                     os.close(fd)
                     raise
             parent_st = _dir_st(pfd)
-        return [*self._register(owner, fd, flags), parent_st]
+        # created: the file is new (no xattrs yet), not one that existed under that name
+        return [*self._register(owner, fd, flags), parent_st, created]
 
     def release(self, owner: Hashable, hid: int) -> None:
         self.handles.close(owner, hid)

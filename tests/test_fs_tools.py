@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,34 @@ def test_directory_changes_cost_no_extra_getattr(fsenv):
     st, real = os.stat(d), os.stat(server.export / "postop")
     assert (st.st_nlink, st.st_mtime_ns) == (real.st_nlink, real.st_mtime_ns) == (2, st.st_mtime_ns)
     assert os.listdir(d) == []
+
+
+def test_file_capabilities_dropped_on_write_but_never_asked_of_new_files(fsenv):
+    """Before every write the kernel asks for security.capability, to drop it (a written
+    binary must lose its file capabilities). A file this client just created has none, so
+    writing it costs no such round trip; a file that has one still loses it."""
+    server, m, tmp = fsenv
+    d = m.mnt / "caps"
+    d.mkdir()
+    n = 20
+
+    def sent() -> int:
+        return m.stats()["client"]["messages_sent"]
+
+    before = sent()
+    for i in range(n):  # LOOKUP, CREATE, WRITE, RELEASE (no GETXATTR)
+        (d / f"new{i}").write_bytes(b"x" * 100)
+    assert sent() - before - 1 <= 4 * n + 2
+    real = server.export / "caps" / "bin"
+    real.write_bytes(b"\x7fELF")
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective, CAP_NET_RAW
+    os.setxattr(real, "security.capability", cap)
+    with open(d / "bin", "r+b") as f:
+        f.write(b"\x7fELG")
+    with pytest.raises(OSError) as ei:
+        os.getxattr(real, "security.capability")
+    assert ei.value.errno == errno.ENODATA
+    assert real.read_bytes() == b"\x7fELG"
 
 
 def test_hard_link_outlives_its_first_name(fsenv):

@@ -129,7 +129,7 @@ async def test_hostile_requests_get_an_errno_and_the_server_keeps_serving(
                     err = await _raw_request(rpc.ep, rpc.peer, next(rids),
                                              encode_request(Op.WRITE, *args) + inline)
                 assert err in (errno.EINVAL, errno.EPROTO, errno.EBADF), (args, err)
-            hid, _, _ = await rpc.call(Op.CREATE, b"w", os.O_RDWR, 0o644)  # a real handle:
+            hid, *_ = await rpc.call(Op.CREATE, b"w", os.O_RDWR, 0o644)  # a real handle:
             for args in [(hid, "x", 3), (hid, -1, 3), (hid, 0.5, 3)]:  # inline, bad offsets
                 with trio.fail_after(10):
                     err = await _raw_request(rpc.ep, rpc.peer, next(rids),

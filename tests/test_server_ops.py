@@ -44,7 +44,8 @@ def test_request_roundtrip_keeps_inline_view():
 
 
 def test_create_write_read_stat(fs, tmp_path):
-    hid, st, parent = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640, None, None])
+    hid, st, parent, created = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640, None, None])
+    assert created is True
     assert stat.S_ISREG(st[2]) and stat.S_IMODE(st[2]) == 0o640
     assert stat.S_ISDIR(parent[2]) and parent[11] == os.stat(tmp_path).st_mtime_ns
     assert fs.write_inline(A, hid, 0, memoryview(b"hello world")) == 11
@@ -61,10 +62,12 @@ def test_create_write_read_stat(fs, tmp_path):
 
 
 def test_create_exclusive(fs):
-    hid, _, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
+    hid, _, _, created = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
+    assert created
     with pytest.raises(FileExistsError):
         fs.call(A, Op.CREATE, [b"f", os.O_WRONLY | os.O_EXCL, 0o644])
-    hid2, _, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists, no O_EXCL: opened
+    hid2, _, _, created = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists: opened
+    assert not created
     assert hid2 != hid
 
 
@@ -77,7 +80,7 @@ def test_append_lands_at_end(fs, tmp_path):
 
 
 def test_sparse_and_large_offsets(fs, tmp_path):
-    hid, _, _ = fs.call(A, Op.CREATE, [b"sparse", os.O_RDWR, 0o644])
+    hid, *_ = fs.call(A, Op.CREATE, [b"sparse", os.O_RDWR, 0o644])
     off = 5 * 1024**3
     fs.write_inline(A, hid, off, memoryview(b"end"))
     st = stat_dict(fs.call(A, Op.FGETATTR, [hid]))

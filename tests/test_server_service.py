@@ -54,7 +54,7 @@ async def test_rpc_roundtrip(tmp_path, transport):
         ep, svc = await _serve(nursery, tmp_path, transport)
         async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
                                timeout=5) as rpc:
-            hid, st, _ = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
+            hid, st, *_ = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
             small = os.urandom(INLINE_MAX)
             big = os.urandom(3 * 1024 * 1024 + 17)
             assert await rpc.write(hid, 0, small, epoch=rpc.epoch) == len(small)
@@ -97,7 +97,7 @@ async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transp
         ep, svc = await _serve(nursery, tmp_path, transport)
         async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
                                timeout=5) as rpc:
-            hid, _, _ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
+            hid, *_ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
             data = os.urandom(1 << 20)
             before = (svc.served_inline, svc.served_in_task)
             assert await rpc.write(hid, 0, data[:100], epoch=rpc.epoch) == 100  # inline
