@@ -126,6 +126,9 @@ class InodeTable:
         if parent == node.ino:  # impossible on a real tree: the table is stale
             self._unname(node)
             return
+        # take the new parent reference first: dropping the name's previous owner or node's old
+        # name may not free the parent (it may be the same, or only alive through them)
+        self.get(parent).children += 1
         self._break_cycle(node, parent)
         old = self._by_name.get((parent, name))
         if old is not None and old != node.ino:
@@ -135,8 +138,6 @@ class InodeTable:
         keep_old = keep_old and node.parent != 0
         if keep_old:  # (the current name is never among the links)
             node.links.append((node.parent, node.name))
-        # take the new parent reference before dropping the old one (it may be the same)
-        self.get(parent).children += 1
         self._unname(node, promote=False, keep_name=keep_old)
         node.parent, node.name = parent, name
         self._by_name[(parent, name)] = node.ino
@@ -159,6 +160,7 @@ class InodeTable:
     def lookup(self, parent: int, name: bytes, key: Key, nlink: int = 1) -> int:
         """Record that *name* in *parent* is the server object *key*; count one kernel lookup.
         With ``nlink`` > 1 the name it had so far stays known as another of its names."""
+        self.get(parent)  # an unknown parent: StaleInode before anything changes
         ino = self._by_key.get(key)
         if ino is None:
             ino = next(self._ids)
