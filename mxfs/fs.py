@@ -78,6 +78,7 @@ class OpenFile:
     run: Run | None = None  # small writes answered but not yet sent (writeback.py)
     error: int = 0  # a failed write-behind run, reported by the next write/flush/fsync
     inflight: list[tuple[int, int]] = field(default_factory=list)  # runs on the wire
+    writes: int = 0  # WRITEs sent so far (tells whether another one overlapped a write)
     changed: trio.Event = field(default_factory=trio.Event)  # set when one of them ends
 
 
@@ -112,16 +113,18 @@ class MxfsOperations(pyfuse3.Operations):
         self.dirty: set[int] = set()  # file handles with a pending write-behind run
         self._senders: trio.Nursery | None = None  # where write-behind runs travel
         self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
-        # directory inode -> (until when, its attributes right after our last change in it):
-        # the kernel drops a directory's attributes after every create/unlink/rename in it and
-        # asks again before the next one (permission check); this answers that getattr
-        self._dir_after: dict[int, tuple[float, StatTuple]] = {}
+        # inode -> (until when, its attributes right after our last change of it): the kernel
+        # drops a directory's attributes after every create/unlink/rename in it, and a file's
+        # after every write, and asks again (permission check, fchmod/futimens after a write);
+        # the server's reply to the change answers that getattr
+        self._after: dict[int, tuple[float, StatTuple]] = {}
 
     def init(self) -> None:
         self.initialized.set()
 
     # -- helpers -------------------------------------------------------------------------------
     def _entry(self, ino: int, st: StatTuple) -> EntryAttributes:
+        self._after.pop(ino, None)  # what the kernel is told now supersedes older post-op ones
         e = EntryAttributes()
         e.st_ino = ino
         e.generation = 0
@@ -140,13 +143,13 @@ class MxfsOperations(pyfuse3.Operations):
                                  1 if stat.S_ISDIR(st[2]) else st[3])
         return self._entry(ino, st)
 
-    def _changed_dir(self, ino: int, st: StatTuple) -> None:
-        """Remember a directory's post-op attributes (from the server's reply to a change in
+    def _changed(self, ino: int, st: StatTuple) -> None:
+        """Remember an inode's post-op attributes (from the server's reply to our change of
         it) for one getattr within attr_timeout, as NFS clients use post-op attributes."""
         if self.opts.attr_timeout > 0:
-            if len(self._dir_after) > 4096:
-                self._dir_after.clear()
-            self._dir_after[ino] = (trio.current_time() + self.opts.attr_timeout, st)
+            if len(self._after) > 4096:
+                self._after.clear()
+            self._after[ino] = (trio.current_time() + self.opts.attr_timeout, st)
 
     def _path(self, ino: int) -> bytes:
         try:
@@ -232,10 +235,10 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
-        after = self._dir_after.pop(inode, None)
-        if after is not None and after[0] > trio.current_time():
+        await self._settle_inode(inode)  # (the answers to the writes it sends bring them)
+        after = self._after.pop(inode, None)
+        if after is not None and after[0] > trio.current_time() and not self._has_run(inode):
             return self._entry(inode, after[1])
-        await self._settle_inode(inode)
         node = self.inodes.get(inode)
         for fh in list(node.handles):
             f = self.files.get(fh)
@@ -251,7 +254,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> EntryAttributes:
-        self._dir_after.pop(inode, None)
+        self._after.pop(inode, None)
         await self._settle_inode(inode)
         args = [
             attr.st_mode if fields.update_mode else None,
@@ -266,7 +269,9 @@ class MxfsOperations(pyfuse3.Operations):
             st = await self._with_file_setattr(f, args)
         else:
             st = await self.rpc.call(Op.SETATTR, self._path(inode), None, *args)
-        return self._entry(inode, st)
+        entry = self._entry(inode, st)
+        self._changed(inode, st)  # the kernel often asks for them again right away
+        return entry
 
     async def _with_file_setattr(self, f: OpenFile, args: list[Any]) -> StatTuple:
         for _ in range(3):
@@ -286,14 +291,14 @@ class MxfsOperations(pyfuse3.Operations):
                     ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
                                       ctx.uid, ctx.gid)
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
                                       ctx.uid, ctx.gid)
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
@@ -301,7 +306,7 @@ class MxfsOperations(pyfuse3.Operations):
                       ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
                                       ctx.uid, ctx.gid)
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
@@ -309,19 +314,19 @@ class MxfsOperations(pyfuse3.Operations):
                    ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.LINK, self._path(inode),
                                       self._child(new_parent_inode, new_name))
-        self._changed_dir(new_parent_inode, pst)
+        self._changed(new_parent_inode, pst)
         return self._learn(new_parent_inode, new_name, st)
 
     @_guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         self.inodes.removed(parent_inode, name)
 
     @_guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name))
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         self.inodes.removed(parent_inode, name)
 
     @_guard
@@ -334,8 +339,8 @@ class MxfsOperations(pyfuse3.Operations):
             wire |= RENAME_EXCHANGE
         spst, dpst = await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
                                          self._child(parent_inode_new, name_new), wire)
-        self._changed_dir(parent_inode_old, spst)
-        self._changed_dir(parent_inode_new, dpst)
+        self._changed(parent_inode_old, spst)
+        self._changed(parent_inode_new, dpst)
         self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
                             exchange=bool(wire & RENAME_EXCHANGE))
 
@@ -361,6 +366,7 @@ class MxfsOperations(pyfuse3.Operations):
             except OSError:
                 pass
             node.size, node.mtime_ns = st[7], st[11]
+        self._changed(ino, st)  # fresh from the server: answers that fetch, and drops older ones
         fh = next(self._fh)
         self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh)
         self.inodes.opened(ino, fh)
@@ -376,7 +382,7 @@ class MxfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[FileInfo, EntryAttributes]:
         hid, st, pst, created = await self.rpc.call(
             Op.CREATE, self._child(parent_inode, name), flags, mode, ctx.uid, ctx.gid)
-        self._changed_dir(parent_inode, pst)
+        self._changed(parent_inode, pst)
         entry = self._learn(parent_inode, name, st)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self._no_capability(entry.st_ino)
@@ -398,6 +404,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
         n = len(buf)
+        self._after.pop(f.ino, None)  # the size is about to change
         async with f.wlock:
             _raise_deferred(f)
             run = f.run
@@ -414,13 +421,22 @@ class MxfsOperations(pyfuse3.Operations):
             _raise_deferred(f)
             return await self._write_now(f, off, buf)
 
-    async def _write_now(self, f: OpenFile, off: int, data: Any) -> int:
+    async def _write_now(self, f: OpenFile, off: int, data: Any, tracked: bool = False) -> int:
         for _ in range(3):
             hid, epoch = await self._fresh_handle(f)
+            alone = len(f.inflight) == tracked  # no other write of f on the wire now
+            f.writes += 1
+            seq = f.writes
+            self._after.pop(f.ino, None)  # attributes remembered before this write are old
             try:
-                return await self.rpc.write(hid, off, data, epoch=epoch)
+                n, st = await self.rpc.write(hid, off, data, epoch=epoch)
             except StaleEpoch:
                 continue
+            if alone and f.writes == seq and f.run is None and len(f.inflight) == tracked:
+                # no other write of f overlapped this one (the server may apply overlapping
+                # ones in any order) and none waits: these are the file's attributes now
+                self._changed(f.ino, st)
+            return n
         raise FUSEError(errno.EIO)
 
     async def _send_run(self, f: OpenFile) -> None:
@@ -444,7 +460,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     async def _sender(self, f: OpenFile, run: Run, tracked: bool = False) -> None:
         try:
-            done = await self._write_now(f, run.off, run.parts)
+            done = await self._write_now(f, run.off, run.parts, tracked)
             if done != run.size:
                 f.error = f.error or errno.EIO
         except FUSEError as e:

@@ -42,6 +42,7 @@ from .rpcproto import (
     Kind,
     Op,
     ProtocolError,
+    StatTuple,
     decode_reply,
     encode_request,
     make_match,
@@ -281,12 +282,15 @@ class RpcClient:
             raise RpcError(errno.EIO, "read answer of the wrong length")
         return memoryview(buf)[:n]
 
-    async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> int:
-        """Write one buffer, or a list of buffers back to back (sent as one vector)."""
+    async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> tuple[int, StatTuple]:
+        """Write one buffer, or a list of buffers back to back (sent as one vector). Returns
+        the bytes written and the file's attributes right after."""
         n = sum(len(p) for p in data) if isinstance(data, list) else len(data)
         if n <= INLINE_MAX:
-            return await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
-        return await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
+            done, st = await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
+        else:
+            done, st = await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
+        return done, st
 
     # -- -o debug ------------------------------------------------------------------------------
     async def _logged_call(self, op: Op, *args: Any, **kw: Any) -> Any:

@@ -286,7 +286,7 @@ class FileServer:
             off = os.fstat(h.fd).st_size
         return h.fd, off
 
-    def write_inline(self, owner: Hashable, hid: int, off: int, data: memoryview) -> int:
+    def write_inline(self, owner: Hashable, hid: int, off: int, data: memoryview) -> list[Any]:
         fd, off = self.write_plan(owner, hid, off)
         done = 0
         total = len(data)
@@ -295,7 +295,12 @@ class FileServer:
             if n <= 0:
                 raise OSError(errno.EIO, "short write")
             done += n
-        return done
+        return self.written(owner, hid, done)
+
+    def written(self, owner: Hashable, hid: int, n: int) -> list[Any]:
+        """A WRITE's answer: bytes written and the file's attributes right after (the client
+        answers the kernel's next getattr with them, as NFS does with post-op attributes)."""
+        return [n, stat_tuple(os.fstat(self._file(owner, hid).fd))]
 
     # -- directories ---------------------------------------------------------------------------
     def opendir(self, owner: Hashable, path: bytes) -> int:

@@ -266,7 +266,7 @@ class Service:
         self.ep.isend(peer, segs, make_match(Kind.RDATA, rid))
 
     async def _write(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
-                     n: int) -> int:
+                     n: int) -> list[Any]:
         if len(inline) == n:
             return self.fs.write_inline(peer, hid, off, inline)
         if inline:
@@ -288,7 +288,7 @@ class Service:
             raise OSError(st.error or errno.EIO, "writing received data failed")
         if not st.ok:
             raise OSError(errno.EIO, f"write data {st.code.name}")
-        return st.xfer_length
+        return self.fs.written(peer, hid, st.xfer_length)
 
     def statistics(self) -> dict[str, Any]:
         d = dict(self.ep.statistics().as_dict())

@@ -216,6 +216,61 @@ def test_file_capabilities_dropped_on_write_but_never_asked_of_new_files(fsenv):
     assert real.read_bytes() == b"\x7fELG"
 
 
+def test_tar_extract_costs_no_extra_round_trips(fsenv):
+    """tar writes each file, then sets its times, owner and mode. The kernel drops a file's
+    attributes on a write and a setattr and asks for them again; it asks for
+    security.capability before the first write. WRITE and SETATTR answers carry the
+    attributes, and a file this client created has no capability: per file that leaves
+    LOOKUP, CREATE, WRITE, three SETATTRs and RELEASE (was nine round trips)."""
+    server, m, tmp = fsenv
+    src = tmp / "tar-src"
+    src.mkdir(exist_ok=True)
+    n = 30
+    for i in range(n):
+        (src / f"f{i}").write_bytes(b"z" * (100 + i))
+        os.utime(src / f"f{i}", ns=(1_000_000_000, (2 + i) * 1_000_000_000))  # tar: whole s
+    sh(f"tar cf {tmp}/small.tar -C {src} .")
+    d = m.mnt / "untar-counted"
+    d.mkdir()
+
+    def sent() -> int:
+        return m.stats()["client"]["messages_sent"]
+
+    before = sent()
+    sh(f"tar xf {tmp}/small.tar -C {d}")
+    assert sent() - before - 1 <= 7 * n + 6
+    for i in range(n):
+        st, real = os.stat(d / f"f{i}"), os.stat(server.export / "untar-counted" / f"f{i}")
+        assert (st.st_size, st.st_mtime_ns) == (100 + i, (2 + i) * 1_000_000_000) == \
+            (real.st_size, real.st_mtime_ns)
+        assert st.st_mode == real.st_mode and (d / f"f{i}").read_bytes() == b"z" * (100 + i)
+
+
+def test_fstat_after_a_write_costs_no_round_trip(fsenv):
+    """A write drops the file's attributes in the kernel; the next fstat asks for them. The
+    client sends the buffered write first and its answer carries the attributes after it."""
+    server, m, tmp = fsenv
+    d = m.mnt / "wstat"
+    d.mkdir()
+    n = 20
+
+    def sent() -> int:
+        return m.stats()["client"]["messages_sent"]
+
+    before = sent()
+    for i in range(n):
+        fd = os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.write(fd, b"a" * 10)
+        assert os.fstat(fd).st_size == 10
+        os.write(fd, b"b" * i)
+        assert os.fstat(fd).st_size == 10 + i
+        os.close(fd)
+    # LOOKUP, CREATE, WRITE, WRITE, RELEASE: no GETATTR (was two per file)
+    assert sent() - before - 1 <= 5 * n + 2
+    for i in range(n):
+        assert (server.export / "wstat" / f"f{i}").read_bytes() == b"a" * 10 + b"b" * i
+
+
 def test_hard_link_outlives_its_first_name(fsenv):
     """ln b c; mv g b; rm ...: the file stays reachable through every name it has left."""
     server, m, tmp = fsenv

@@ -48,7 +48,8 @@ def test_create_write_read_stat(fs, tmp_path):
     assert created is True
     assert stat.S_ISREG(st[2]) and stat.S_IMODE(st[2]) == 0o640
     assert stat.S_ISDIR(parent[2]) and parent[11] == os.stat(tmp_path).st_mtime_ns
-    assert fs.write_inline(A, hid, 0, memoryview(b"hello world")) == 11
+    n, after = fs.write_inline(A, hid, 0, memoryview(b"hello world"))
+    assert n == 11 and after[7] == 11 and after[1] == st[1]  # size after the write, same file
     fd, n = fs.read_plan(A, hid, 6, 100)
     assert n == 5 and os.pread(fd, n, 6) == b"world"
     assert fs.read_plan(A, hid, 11, 10)[1] == 0

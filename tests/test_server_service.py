@@ -57,8 +57,10 @@ async def test_rpc_roundtrip(tmp_path, transport):
             hid, st, *_ = await rpc.call(Op.CREATE, b"f", os.O_RDWR, 0o644)
             small = os.urandom(INLINE_MAX)
             big = os.urandom(3 * 1024 * 1024 + 17)
-            assert await rpc.write(hid, 0, small, epoch=rpc.epoch) == len(small)
-            assert await rpc.write(hid, len(small), big, epoch=rpc.epoch) == len(big)
+            n, after = await rpc.write(hid, 0, small, epoch=rpc.epoch)
+            assert n == len(small) and after[7] == len(small)  # inline: attributes after it
+            n, after = await rpc.write(hid, len(small), big, epoch=rpc.epoch)
+            assert n == len(big) and after[7] == len(small) + len(big)  # WDATA path, same
             assert (tmp_path / "f").read_bytes() == small + big
             view = await rpc.read(hid, 0, len(small) + len(big) + 100, epoch=rpc.epoch)
             assert view == small + big
@@ -100,11 +102,11 @@ async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transp
             hid, *_ = await rpc.call(Op.CREATE, b"g", os.O_RDWR, 0o644)
             data = os.urandom(1 << 20)
             before = (svc.served_inline, svc.served_in_task)
-            assert await rpc.write(hid, 0, data[:100], epoch=rpc.epoch) == 100  # inline
+            assert (await rpc.write(hid, 0, data[:100], epoch=rpc.epoch))[0] == 100  # inline
             assert await rpc.call(Op.FGETATTR, hid, epoch=rpc.epoch)  # inline
             assert bytes(await rpc.read(hid, 0, 100, epoch=rpc.epoch)) == data[:100]  # cached
             assert (svc.served_inline - before[0], svc.served_in_task - before[1]) == (3, 0)
-            assert await rpc.write(hid, 0, data, epoch=rpc.epoch) == len(data)  # WDATA: task
+            assert (await rpc.write(hid, 0, data, epoch=rpc.epoch))[0] == len(data)  # WDATA: task
             await rpc.call(Op.FSYNC, hid, False, epoch=rpc.epoch)  # task
             assert svc.served_in_task - before[1] == 2
             fd = os.open(tmp_path / "g", os.O_RDONLY)
