@@ -254,7 +254,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> EntryAttributes:
-        self._after.pop(inode, None)
+        self._after.pop(inode, None)  # (a setattr that fails half-way leaves them old)
         await self._settle_inode(inode)
         args = [
             attr.st_mode if fields.update_mode else None,
@@ -404,7 +404,6 @@ class MxfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
         n = len(buf)
-        self._after.pop(f.ino, None)  # the size is about to change
         async with f.wlock:
             _raise_deferred(f)
             run = f.run

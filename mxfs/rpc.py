@@ -101,31 +101,31 @@ class RpcClient:
             peer = await self.ep.connect(self.host, self.port + 1, timeout=t)
             self.port += 1
         self.peer = peer
+        why: str | None = None
         with trio.move_on_after(t) as scope:
-            await self._check_version(peer)
+            why = await self._version_problem()
         if scope.cancelled_caught:
+            why = f"it did not answer the version check within {t:g} s"
+        if why is not None:
             self.peer = None
             await self.ep.disconnect(peer)
-            raise mxnet.ConnectError(f"server {self.host}:{self.port} did not answer the "
-                                     f"version check within {t:g} s")
+            raise mxnet.ConnectError(f"server {self.host}:{self.port} refused: {why}")
         self.epoch += 1
         self._connected.set()
         log.info("connected to %s:%d (epoch %d)", self.host, self.port, self.epoch)
 
-    async def _check_version(self, peer: Any) -> None:
-        """The server must speak this client's request/reply shapes: ask it (PING) first."""
+    async def _version_problem(self) -> str | None:
+        """The server must speak this client's request/reply shapes: ask it (PING) first.
+        None when it does, else why not."""
         try:
             info = await self.call(Op.PING)
-            version = info.get("version") if isinstance(info, dict) else None
         except RpcError as e:
-            version, why = None, f"it did not answer the version check ({e})"
-        else:
-            why = f"it speaks mxfs protocol {version}, this client {PROTOCOL_VERSION}: " \
-                  "run the same mxfs version on both sides"
+            return f"it did not answer the version check ({e})"
+        version = info.get("version") if isinstance(info, dict) else None
         if version != PROTOCOL_VERSION:
-            self.peer = None
-            await self.ep.disconnect(peer)
-            raise mxnet.ConnectError(f"server {self.host}:{self.port} refused: {why}")
+            return (f"it speaks mxfs protocol {version}, this client {PROTOCOL_VERSION}: "
+                    "run the same mxfs version on both sides")
+        return None
 
     def _on_peer_lost(self, peer: Any) -> None:
         if peer is self.peer:

@@ -32,6 +32,12 @@ _OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_EXCL | os
 _ALLOWED_NODES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK)
 
 
+def written(fd: int, n: int) -> list[Any]:
+    """A WRITE's answer: bytes written and the file's attributes right after (the client
+    answers the kernel's next getattr with them, as NFS does with post-op attributes)."""
+    return [n, stat_tuple(os.fstat(fd))]
+
+
 def _dir_st(pfd: int) -> list[int]:
     """The parent directory's attributes right after a change in it (NFS's post-op
     attributes): the client answers the kernel's next getattr of that directory with them
@@ -295,12 +301,7 @@ class FileServer:
             if n <= 0:
                 raise OSError(errno.EIO, "short write")
             done += n
-        return self.written(owner, hid, done)
-
-    def written(self, owner: Hashable, hid: int, n: int) -> list[Any]:
-        """A WRITE's answer: bytes written and the file's attributes right after (the client
-        answers the kernel's next getattr with them, as NFS does with post-op attributes)."""
-        return [n, stat_tuple(os.fstat(self._file(owner, hid).fd))]
+        return written(fd, done)
 
     # -- directories ---------------------------------------------------------------------------
     def opendir(self, owner: Hashable, path: bytes) -> int:

@@ -42,7 +42,7 @@ from mxfs.rpcproto import (
 
 from . import pagecache
 from .confine import EscapeError
-from .ops import FileServer
+from .ops import FileServer, written
 
 log = logging.getLogger("mxfs.server")
 
@@ -288,7 +288,7 @@ class Service:
             raise OSError(st.error or errno.EIO, "writing received data failed")
         if not st.ok:
             raise OSError(errno.EIO, f"write data {st.code.name}")
-        return self.fs.written(peer, hid, st.xfer_length)
+        return written(fd, st.xfer_length)
 
     def statistics(self) -> dict[str, Any]:
         d = dict(self.ep.statistics().as_dict())

@@ -19,6 +19,11 @@ pytestmark = [needs_fuse, pytest.mark.fuse]
 SRC = ROOT / "mxnet"  # a real source tree to copy around
 
 
+def sent(m) -> int:
+    """Messages the mount's client has sent so far (reading them is one more: subtract it)."""
+    return m.stats()["client"]["messages_sent"]
+
+
 @pytest.fixture(scope="module", params=["mx", "gm"])
 def fsenv(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"tools-{request.param}")
@@ -165,17 +170,14 @@ def test_directory_changes_cost_no_extra_getattr(fsenv):
     os.stat(d)
     n = 30
 
-    def sent() -> int:  # client messages so far (reading the stats is one more)
-        return m.stats()["client"]["messages_sent"]
-
-    before = sent()
+    before = sent(m)
     for i in range(n):
         os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    assert sent() - before - 1 <= 3 * n + 2
-    before = sent()
+    assert sent(m) - before - 1 <= 3 * n + 2
+    before = sent(m)
     for i in range(n):
         os.mkdir(d / f"d{i}")
-    assert sent() - before - 1 <= 2 * n + 2
+    assert sent(m) - before - 1 <= 2 * n + 2
     # what the kernel was told is what the server's disk says
     st, real = os.stat(d), os.stat(server.export / "postop")
     assert (st.st_nlink, st.st_mtime_ns, st.st_ctime_ns) == \
@@ -197,13 +199,10 @@ def test_file_capabilities_dropped_on_write_but_never_asked_of_new_files(fsenv):
     d.mkdir()
     n = 20
 
-    def sent() -> int:
-        return m.stats()["client"]["messages_sent"]
-
-    before = sent()
+    before = sent(m)
     for i in range(n):  # LOOKUP, CREATE, WRITE, RELEASE (no GETXATTR)
         (d / f"new{i}").write_bytes(b"x" * 100)
-    assert sent() - before - 1 <= 4 * n + 2
+    assert sent(m) - before - 1 <= 4 * n + 2
     real = server.export / "caps" / "bin"
     real.write_bytes(b"\x7fELF")
     cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective, CAP_NET_RAW
@@ -233,12 +232,9 @@ def test_tar_extract_costs_no_extra_round_trips(fsenv):
     d = m.mnt / "untar-counted"
     d.mkdir()
 
-    def sent() -> int:
-        return m.stats()["client"]["messages_sent"]
-
-    before = sent()
+    before = sent(m)
     sh(f"tar xf {tmp}/small.tar -C {d}")
-    assert sent() - before - 1 <= 7 * n + 6
+    assert sent(m) - before - 1 <= 7 * n + 6
     for i in range(n):
         st, real = os.stat(d / f"f{i}"), os.stat(server.export / "untar-counted" / f"f{i}")
         assert (st.st_size, st.st_mtime_ns) == (100 + i, (2 + i) * 1_000_000_000) == \
@@ -254,10 +250,7 @@ def test_fstat_after_a_write_costs_no_round_trip(fsenv):
     d.mkdir()
     n = 20
 
-    def sent() -> int:
-        return m.stats()["client"]["messages_sent"]
-
-    before = sent()
+    before = sent(m)
     for i in range(n):
         fd = os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.write(fd, b"a" * 10)
@@ -266,7 +259,7 @@ def test_fstat_after_a_write_costs_no_round_trip(fsenv):
         assert os.fstat(fd).st_size == 10 + i
         os.close(fd)
     # LOOKUP, CREATE, WRITE, WRITE, RELEASE: no GETATTR (was two per file)
-    assert sent() - before - 1 <= 5 * n + 2
+    assert sent(m) - before - 1 <= 5 * n + 2
     for i in range(n):
         assert (server.export / "wstat" / f"f{i}").read_bytes() == b"a" * 10 + b"b" * i
 
