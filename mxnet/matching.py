@@ -99,6 +99,7 @@ class Matcher(Generic[M]):
         if p is None or not p.active:
             return False
         p.active = False
+        item._posted = None  # (item and Posted point at each other: no cycle left behind)
         if p.mask == MASK_ALL:
             q = self._exact.get(p.match)
             if q is not None:
@@ -135,6 +136,7 @@ class Matcher(Generic[M]):
             return None
         if q and best is q[0]:  # the usual case: the oldest exact receive
             best.active = False
+            best.item._posted = None  # break the item <-> Posted cycle: freed by refcount
             q.popleft()
             if not q:
                 del self._exact[msg_match]

@@ -22,3 +22,19 @@ def test_large_reads_are_not_pooled() -> None:
     big = pool.get(MAX_POOLED + 1)
     del big
     assert pool.get(MAX_POOLED + 1) is not None and pool.reused == 0
+
+
+def test_pool_bytes_bounded_across_sizes() -> None:
+    """Reads of many different sizes never pool more than max_bytes in all."""
+    pool = BufferPool(max_bytes=1 << 20)
+    held = []
+    for i in range(1, 200):
+        buf = pool.get(i * 4096)
+        if i % 3 == 0:
+            held.append(memoryview(buf))  # some still in use
+        assert pool.pooled_bytes <= pool.max_bytes
+    assert sum(len(b) for bufs in pool._bufs.values() for b in bufs) == pool.pooled_bytes
+    held.clear()
+    for i in range(1, 200):
+        pool.get(i * 4096)
+        assert pool.pooled_bytes <= pool.max_bytes
