@@ -37,7 +37,17 @@ from .inodes import ROOT_INODE, InodeTable, StaleInode
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
 from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
-from .writeback import MAX_AGE, MAX_INFLIGHT, Run, worth_buffering
+from .writeback import (
+    APPEND_MAX,
+    MAX_AGE,
+    MAX_INFLIGHT,
+    MAX_PARTS,
+    RUN_MAX,
+    Run,
+    may_continue,
+    worth_buffering,
+)
+from .writeerrors import Cursor, WriteErrors
 
 log = logging.getLogger("mxfs")
 
@@ -75,8 +85,8 @@ class OpenFile:
     fh: int = 0  # the kernel's handle for it (key in MxfsOperations.files)
     lock: trio.Lock = field(default_factory=trio.Lock)
     wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
+    seen: Cursor = field(default_factory=lambda: Cursor(0, 0, 0))  # of its inode's errors
     run: Run | None = None  # small writes answered but not yet sent (writeback.py)
-    error: int = 0  # a failed write-behind run, reported by the next write/flush/fsync
     inflight: list[tuple[int, int]] = field(default_factory=list)  # runs on the wire
     writes: int = 0  # WRITEs sent so far (tells whether another one overlapped a write)
     changed: trio.Event = field(default_factory=trio.Event)  # set when one of them ends
@@ -92,9 +102,8 @@ class OpenDir:
     eof_after_buffer: bool = False
 
 
-def _raise_deferred(f: OpenFile) -> None:
-    if f.error:
-        err, f.error = f.error, 0
+def _report(err: int) -> None:
+    if err:
         raise FUSEError(err)
 
 
@@ -111,6 +120,7 @@ class MxfsOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.initialized = trio.Event()
         self.dirty: set[int] = set()  # file handles with a pending write-behind run
+        self.werr = WriteErrors()  # failed write-behind and unsynced data, per inode
         self._senders: trio.Nursery | None = None  # where write-behind runs travel
         self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
         # inode -> (until when, its attributes right after our last change of it): the kernel
@@ -150,6 +160,12 @@ class MxfsOperations(pyfuse3.Operations):
             if len(self._after) > 4096:
                 self._after.clear()
             self._after[ino] = (trio.current_time() + self.opts.attr_timeout, st)
+
+    def _forget_after(self, parent: int, name: bytes) -> None:
+        """Drop the remembered post-op attributes of what *name* names: they are old now."""
+        ino = self.inodes.child(parent, name)
+        if ino is not None:
+            self._after.pop(ino, None)
 
     def _path(self, ino: int) -> bytes:
         try:
@@ -321,6 +337,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
         self._changed(parent_inode, pst)
+        self._forget_after(parent_inode, name)  # its link count just dropped
         self.inodes.removed(parent_inode, name)
 
     @_guard
@@ -341,6 +358,7 @@ class MxfsOperations(pyfuse3.Operations):
                                          self._child(parent_inode_new, name_new), wire)
         self._changed(parent_inode_old, spst)
         self._changed(parent_inode_new, dpst)
+        self._forget_after(parent_inode_new, name_new)  # a replaced file lost a link
         self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
                             exchange=bool(wire & RENAME_EXCHANGE))
 
@@ -368,7 +386,7 @@ class MxfsOperations(pyfuse3.Operations):
             node.size, node.mtime_ns = st[7], st[11]
         self._changed(ino, st)  # fresh from the server: answers that fetch, and drops older ones
         fh = next(self._fh)
-        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh)
+        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh, seen=self.werr.sample(ino))
         self.inodes.opened(ino, fh)
         return FileInfo(fh=fh, keep_cache=False)
 
@@ -403,9 +421,11 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
+        if f.flags & os.O_APPEND:
+            return await self._append(f, off, buf)
         n = len(buf)
         async with f.wlock:
-            _raise_deferred(f)
+            _report(self.werr.for_write(f.ino, f.seen))
             run = f.run
             if run is not None and run.continues(off, n):
                 run.add(buf)  # answered now, sent with the rest of the run
@@ -417,12 +437,42 @@ class MxfsOperations(pyfuse3.Operations):
                 self.dirty.add(fh)
                 return n
             await self._drain(f, 0)  # a direct write must not overtake runs on the wire
-            _raise_deferred(f)
+            _report(self.werr.for_write(f.ino, f.seen))
             return await self._write_now(f, off, buf)
+
+    async def _append(self, f: OpenFile, off: int, buf: bytes) -> int:
+        """An O_APPEND write: gathered so that each write(2) reaches the server whole and in
+        the kernel's order (writeback.py says how)."""
+        n = len(buf)
+        async with f.wlock:
+            _report(self.werr.for_write(f.ino, f.seen))
+            run = f.run
+            if run is None or not run.continues_append(off, n):
+                if run is not None:
+                    await self._send_run(f)
+                await self._settle_other_appends(f)
+                run = f.run = Run(off, [], 0, trio.current_time())
+                self.dirty.add(f.fh)
+            run.add(buf)
+            run.open = may_continue(off, n)
+            if ((run.size >= RUN_MAX and not run.open) or run.size >= APPEND_MAX
+                    or len(run.parts) >= MAX_PARTS):
+                await self._send_run(f)
+            return n
+
+    async def _settle_other_appends(self, f: OpenFile) -> None:
+        """A new write(2) of f's inode begins: the kernel finished the previous one (it holds
+        the inode's lock across a write(2)), so other files' append runs of it go first."""
+        node = self.inodes._inodes.get(f.ino)
+        for fh in list(node.handles) if node is not None else ():
+            g = self.files.get(fh)
+            if g is not None and g is not f and g.flags & os.O_APPEND and (g.run or g.inflight):
+                await self._settle(g)
 
     async def _write_now(self, f: OpenFile, off: int, data: Any, tracked: bool = False) -> int:
         for _ in range(3):
             hid, epoch = await self._fresh_handle(f)
+            verifier = self.rpc.verifier  # of the server run this connection reaches
             alone = len(f.inflight) == tracked  # no other write of f on the wire now
             f.writes += 1
             seq = f.writes
@@ -431,6 +481,7 @@ class MxfsOperations(pyfuse3.Operations):
                 n, st = await self.rpc.write(hid, off, data, epoch=epoch)
             except StaleEpoch:
                 continue
+            self.werr.acknowledged(f.ino, epoch, verifier)  # not durable until an fsync
             if alone and f.writes == seq and f.run is None and len(f.inflight) == tracked:
                 # no other write of f overlapped this one (the server may apply overlapping
                 # ones in any order) and none waits: these are the file's attributes now
@@ -446,30 +497,35 @@ class MxfsOperations(pyfuse3.Operations):
         self.dirty.discard(f.fh)
         if run is None:
             return
-        if any(a < run.end and run.off < b for a, b in f.inflight):
-            await self._drain(f, 0)
+        if f.flags & os.O_APPEND or any(a < run.end and run.off < b for a, b in f.inflight):
+            await self._drain(f, 0)  # (appends land where the server's end of file is: in order)
         else:
             await self._drain(f, MAX_INFLIGHT - 1)
         if self._senders is None:  # no background sender (not mounted): send inline
             await self._sender(f, run)
-            _raise_deferred(f)
+            _report(self.werr.for_write(f.ino, f.seen))
             return
         f.inflight.append((run.off, run.end))
         self._senders.start_soon(self._sender, f, run, True)
 
     async def _sender(self, f: OpenFile, run: Run, tracked: bool = False) -> None:
+        err = 0
         try:
             done = await self._write_now(f, run.off, run.parts, tracked)
             if done != run.size:
-                f.error = f.error or errno.EIO
+                err = errno.EIO
         except FUSEError as e:
-            f.error = f.error or e.errno
+            err = e.errno
         except OSError as e:
-            f.error = f.error or e.errno or errno.EIO
+            err = e.errno or errno.EIO
         except Exception:
             log.exception("write-behind run")
-            f.error = f.error or errno.EIO
+            err = errno.EIO
         finally:
+            if err:  # kept for the file: every open file's next fsync and close report it
+                self.werr.record(f.ino, err)
+                log.warning("write-behind of %d bytes at %d on inode %d failed: %s",
+                            run.size, run.off, f.ino, os.strerror(err))
             if tracked:
                 f.inflight.remove((run.off, run.end))
             f.changed.set()
@@ -480,16 +536,26 @@ class MxfsOperations(pyfuse3.Operations):
         while len(f.inflight) > at_most:
             await f.changed.wait()
 
-    async def _settle(self, f: OpenFile, *, report: bool) -> None:
-        """Send f's pending run and wait for all its runs; with report, raise a failure."""
+    async def _settle(self, f: OpenFile) -> None:
+        """Send f's pending run and wait for all its runs (failures are kept in werr)."""
         async with f.wlock:
             if f.run is not None:
                 await self._send_run(f)
             await self._drain(f, 0)
-            if report:
-                _raise_deferred(f)
-            elif f.error:
-                log.warning("write-behind failed on inode %d: %s", f.ino, os.strerror(f.error))
+
+    async def _check_durable(self, f: OpenFile) -> None:
+        """Writes of f's inode acknowledged by an earlier connection, or with the server
+        away now: ask which server run answers (PING brings its verifier, connecting if
+        need be). Another run than the one that acknowledged them may have lost them: EIO."""
+        if not (self.werr.needs_check(f.ino, self.rpc.epoch)
+                or (self.rpc.peer is None and self.werr.unsynced_since(f.ino) >= 0)):
+            return
+        try:
+            await self.rpc.call(Op.PING)
+        except RpcError:
+            self.werr.record(f.ino, errno.EIO)  # no server vouches for them
+            return
+        self.werr.check(f.ino, self.rpc.verifier)
 
     async def _settle_inode(self, ino: int) -> None:
         """Before anything that must see ino's data or size: send its pending runs."""
@@ -499,7 +565,7 @@ class MxfsOperations(pyfuse3.Operations):
         for fh in list(node.handles):
             f = self.files.get(fh)
             if f is not None and (f.run is not None or f.inflight):
-                await self._settle(f, report=False)
+                await self._settle(f)
 
     async def settle_all(self, max_age: float = 0.0) -> None:
         """Send every pending run at least max_age old (the background flusher; unmount)."""
@@ -532,17 +598,24 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh: int) -> None:
-        await self._settle(self._file(fh), report=True)  # close(2) sees write-behind errors
+        """Every close(2) of the file description, in any process: report its errors."""
+        f = self._file(fh)
+        await self._settle(f)
+        await self._check_durable(f)
+        _report(self.werr.for_close(f.ino, f.seen))
 
     @_guard
     async def release(self, fh: int) -> None:
         f = self.files.get(fh)
         if f is None:
             return
-        await self._settle(f, report=False)
+        await self._settle(f)
         self.files.pop(fh, None)
         self.dirty.discard(fh)
         self.inodes.closed(f.ino, fh)
+        node = self.inodes._inodes.get(f.ino)
+        if node is None or not node.handles:
+            self.werr.forget(f.ino)
         # no need to wait for the answer: the data went out with flush (close-to-open), and
         # the server drops a lost client's handles by itself
         self.rpc.post(Op.RELEASE, f.hid, epoch=f.epoch)
@@ -550,8 +623,13 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
         f = self._file(fh)
-        await self._settle(f, report=True)
+        await self._settle(f)
+        token = self.werr.unsynced_since(f.ino)
         await self._with_file(f, Op.FSYNC, bool(datasync))
+        # the server run that synced must be the one that acknowledged the writes
+        self.werr.check(f.ino, self.rpc.verifier)
+        self.werr.synced(f.ino, token)
+        _report(self.werr.for_fsync(f.ino, f.seen))
 
     # -- directories ---------------------------------------------------------------------------
     @_guard
@@ -577,7 +655,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         for f in list(self.files.values()):  # readdirplus carries sizes: include our writes
             if f.run is not None or f.inflight:
-                await self._settle(f, report=False)
+                await self._settle(f)
         d = self.dirs.get(fh)
         if d is None:
             raise FUSEError(errno.EBADF)
@@ -689,6 +767,8 @@ class MxfsOperations(pyfuse3.Operations):
             "transport": self.rpc.transport,
             "client": self.rpc.statistics(),
             "open_files": len(self.files),
+            "write_errors": self.werr.recorded,
+            "lost_by_server_restart": self.werr.lost_by_restart,
             "inodes": len(self.inodes),
         }
         try:

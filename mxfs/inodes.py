@@ -190,6 +190,10 @@ class InodeTable:
         if node.key is not None and self._by_key.get(node.key) == node.ino:
             del self._by_key[node.key]
 
+    def child(self, parent: int, name: bytes) -> int | None:
+        """The inode known under *name* in *parent*, if any."""
+        return self._by_name.get((parent, name))
+
     def removed(self, parent: int, name: bytes) -> None:
         """The entry *name* in *parent* was unlinked or rmdir'ed."""
         ino = self._by_name.get((parent, name))

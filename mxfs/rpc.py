@@ -75,6 +75,7 @@ class RpcClient:
         self.transport = transport
         self.peer: Any = None
         self.epoch = 0
+        self.verifier: object = None  # the server run's write verifier (PING tells it)
         self.reconnects = 0
         self._rids = itertools.count(1)
         self.buffers = BufferPool()
@@ -125,6 +126,7 @@ class RpcClient:
         if version != PROTOCOL_VERSION:
             return (f"it speaks mxfs protocol {version}, this client {PROTOCOL_VERSION}: "
                     "run the same mxfs version on both sides")
+        self.verifier = info.get("verifier")
         return None
 
     def _on_peer_lost(self, peer: Any) -> None:

@@ -24,6 +24,7 @@ from mxfs.rpcproto import (
     stat_tuple,
 )
 
+from .appends import AppendLocks
 from .confine import Export, check_name, proc_path, split_path
 from .handles import Handle, HandleTable
 from .syscalls import renameat2
@@ -50,6 +51,10 @@ class FileServer:
         self.export = export
         self.handles = handles if handles is not None else HandleTable()
         self.is_root = os.geteuid() == 0
+        # the write verifier: new with every server run, so a client whose acknowledged but
+        # unsynced writes went to an earlier run learns they may be lost (as NFS's)
+        self.verifier = int.from_bytes(os.urandom(8), "little")
+        self.appends = AppendLocks()  # shared by the services of every transport
         self._table: dict[int, Callable[..., Any]] = {
             Op.PING: self.ping,
             Op.STATFS: self.statfs,
@@ -105,7 +110,7 @@ class FileServer:
 
     # -- metadata ------------------------------------------------------------------------------
     def ping(self, owner: Hashable) -> dict[str, Any]:
-        return {"version": PROTOCOL_VERSION}
+        return {"version": PROTOCOL_VERSION, "verifier": self.verifier}
 
     def statfs(self, owner: Hashable) -> list[int]:
         s = os.fstatvfs(self.export.root_fd)
@@ -291,6 +296,14 @@ class FileServer:
         if h.append:
             off = os.fstat(h.fd).st_size
         return h.fd, off
+
+    def append_key(self, owner: Hashable, hid: int) -> tuple[int, int] | None:
+        """The file an O_APPEND handle writes to, as AppendLocks keys it; None otherwise."""
+        h = self._file(owner, hid)
+        if not h.append:
+            return None
+        st = os.fstat(h.fd)
+        return st.st_dev, st.st_ino
 
     def write_inline(self, owner: Hashable, hid: int, off: int, data: memoryview) -> list[Any]:
         fd, off = self.write_plan(owner, hid, off)

@@ -142,6 +142,8 @@ class Service:
             return True
         if op == Op.FSYNC or (op == Op.WRITE and (len(args) != 3 or len(inline) != args[2])):
             return False
+        if op == Op.WRITE and self._append_waits(st.source, args[0]):
+            return False  # another append to that file is under way: queue behind it
         self.requests += 1
         self._answer(st.source, st.match & RID_MASK, op, lambda: self._sync_call(
             st.source, op, args, inline))
@@ -265,8 +267,26 @@ class Service:
             segs.append(mxnet.file(fd, off, n))
         self.ep.isend(peer, segs, make_match(Kind.RDATA, rid))
 
+    def _append_waits(self, peer: Any, hid: Any) -> bool:
+        try:
+            key = self.fs.append_key(peer, hid) if type(hid) is int else None
+        except OSError:
+            return False  # (answered with its errno when served)
+        return key is not None and self.fs.appends.busy(key)
+
     async def _write(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
                      n: int) -> list[Any]:
+        try:
+            key = self.fs.append_key(peer, hid)
+        except OSError:
+            key = None  # _write_at takes the data off the wire and answers the errno
+        if key is None:
+            return await self._write_at(peer, rid, inline, hid, off, n)
+        async with self.fs.appends.hold(key):  # end of file taken and written as one step
+            return await self._write_at(peer, rid, inline, hid, off, n)
+
+    async def _write_at(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
+                        n: int) -> list[Any]:
         if len(inline) == n:
             return self.fs.write_inline(peer, hid, off, inline)
         if inline:
