@@ -76,6 +76,7 @@ class RpcClient:
         self.peer: Any = None
         self.epoch = 0
         self.verifier: object = None  # the server run's write verifier (PING tells it)
+        self._port_known = False
         self.reconnects = 0
         self._rids = itertools.count(1)
         self.buffers = BufferPool()
@@ -93,14 +94,19 @@ class RpcClient:
     # -- connection ----------------------------------------------------------------------------
     async def connect(self, timeout: float | None = None) -> None:
         t = self.timeout if timeout is None else timeout
-        try:
+        peer = None
+        if self.transport == "gm" and not self._port_known and self.port < 65535:
+            # a server of both transports listens for gm one port above the address users
+            # give (mx's): try there first, so its mx side never sees a gm handshake
+            try:
+                peer = await self.ep.connect(self.host, self.port + 1, timeout=min(t, 2.0))
+                self.port += 1
+            except (mxnet.ConnectError, OSError) as e:
+                log.debug("no gm endpoint at port %d (%s): trying %d", self.port + 1, e,
+                          self.port)
+        if peer is None:
             peer = await self.ep.connect(self.host, self.port, timeout=t)
-        except mxnet.ConnectError as e:
-            # a server serving both transports listens for gm one port above mx
-            if self.transport != "gm" or "transport mismatch" not in str(e):
-                raise
-            peer = await self.ep.connect(self.host, self.port + 1, timeout=t)
-            self.port += 1
+        self._port_known = True  # reconnections go where this worked
         self.peer = peer
         why: str | None = None
         with trio.move_on_after(t) as scope:

@@ -231,3 +231,12 @@ def test_client_memory_stays_flat_after_reading_2_gib(tmp_path, transport):
             read_all()
         after = _rss_mib(pid)
         assert after - before < 64, (before, after)
+
+
+def test_gm_mount_goes_straight_to_the_gm_port(tmp_path):
+    """A gm mount of a server of both transports connects to PORT+1 at once: the server's
+    mx side never sees (and never logs) a gm handshake."""
+    with cluster(tmp_path, "gm") as (server, (m,)):
+        (m.mnt / "f").write_text("gm")
+        assert m.stats()["server"].endswith(f":{server.port + 1}")
+        assert "transport mismatch" not in server.log_text()
