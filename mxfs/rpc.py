@@ -27,11 +27,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+import xxhash
 
 import mxnet
 
 from .bufpool import BufferPool
 from .rpcproto import (
+    CHECKSUM_MISMATCH,
     INLINE_MAX,
     LARGE_REPLY_OPS,
     MASK_ALL,
@@ -67,7 +69,7 @@ class StaleEpoch(Exception):
 
 class RpcClient:
     def __init__(self, ep: Any, host: str, port: int, *, timeout: float = 10.0,
-                 transport: str = "mx") -> None:
+                 transport: str = "mx", checksum: bool = False) -> None:
         self.ep = ep
         self.host = host
         self.port = port
@@ -77,6 +79,10 @@ class RpcClient:
         self.epoch = 0
         self.verifier: object = None  # the server run's write verifier (PING tells it)
         self._port_known = False
+        self.checksum = checksum  # -o checksum: xxh3-64 of every READ and WRITE payload
+        self.checksums_verified = 0
+        self.checksum_mismatches = 0
+        self.checksum_failures = 0  # mismatched twice: EIO
         self.reconnects = 0
         self._rids = itertools.count(1)
         self.buffers = BufferPool()
@@ -258,7 +264,28 @@ class RpcClient:
 
     async def read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
         """Read into a pooled buffer (zero copy on the mx path); returns a view of what came.
-        One request, one answer: header and data arrive as a single RDATA message."""
+        One request, one answer: header and data arrive as a single RDATA message. With
+        checksums, data whose xxh3-64 differs from the server's is read once more, then EIO."""
+        if not self.checksum:
+            return (await self._read_once(hid, off, size, epoch))[0]
+        for attempt in (1, 2):
+            view, expected = await self._read_once(hid, off, size, epoch)
+            if xxhash.xxh3_64_intdigest(view) == expected:
+                self.checksums_verified += 1
+                return view
+            self._mismatch("READ", off, len(view), attempt)
+        raise RpcError(errno.EIO, "read data corrupted twice")
+
+    def _mismatch(self, what: str, off: int, n: int, attempt: int) -> None:
+        self.checksum_mismatches += 1
+        if attempt == 1:
+            log.warning("%s of %d bytes at %d: checksum mismatch, retrying", what, n, off)
+        else:
+            self.checksum_failures += 1
+            log.error("%s of %d bytes at %d: checksum mismatch again: EIO", what, n, off)
+
+    async def _read_once(self, hid: int, off: int, size: int, epoch: int
+                         ) -> tuple[memoryview, int]:
         deadline = trio.current_time() + self.timeout
         peer = self.peer if self.peer is not None else await self._wait_peer(deadline)
         if epoch != self.epoch:
@@ -271,8 +298,9 @@ class RpcClient:
         rd = ep.irecv([mxnet.user(hdr), mxnet.user(buf)], make_match(Kind.RDATA, rid), MASK_ALL,
                       peer=peer)
         try:
-            ep.isend(peer, [mxnet.user(encode_request(Op.READ, hid, off, size))],
-                     make_match(Kind.REQ, rid))
+            req = (encode_request(Op.READ, hid, off, size, 1) if self.checksum
+                   else encode_request(Op.READ, hid, off, size))
+            ep.isend(peer, [mxnet.user(req)], make_match(Kind.REQ, rid))
             st = await self._wait(rd, rid)
         except mxnet.MxError as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
@@ -283,22 +311,37 @@ class RpcClient:
                 rd.cancel()
         if st.code is not mxnet.StatusCode.SUCCESS or st.xfer_length < READ_HDR.size:
             raise RpcError(errno.EIO, f"read answer {st.code.name}")
-        err, n = READ_HDR.unpack(hdr)
+        err, n, checksum = READ_HDR.unpack(hdr)
         if err:
             raise RpcError(err)
         if n > size or READ_HDR.size + n != st.xfer_length:
             raise RpcError(errno.EIO, "read answer of the wrong length")
-        return memoryview(buf)[:n]
+        return memoryview(buf)[:n], checksum
 
     async def write(self, hid: int, off: int, data: Any, *, epoch: int) -> tuple[int, StatTuple]:
         """Write one buffer, or a list of buffers back to back (sent as one vector). Returns
         the bytes written and the file's attributes right after."""
         n = sum(len(p) for p in data) if isinstance(data, list) else len(data)
-        if n <= INLINE_MAX:
-            done, st = await self.call(Op.WRITE, hid, off, n, epoch=epoch, inline=data)
-        else:
-            done, st = await self.call(Op.WRITE, hid, off, n, epoch=epoch, wdata=data)
-        return done, st
+        where = "inline" if n <= INLINE_MAX else "wdata"
+        if not self.checksum:
+            done, st = await self.call(Op.WRITE, hid, off, n, epoch=epoch, **{where: data})
+            return done, st
+        h = xxhash.xxh3_64()
+        for part in _parts(data):
+            h.update(part)
+        checksum = h.intdigest()
+        for attempt in (1, 2):
+            try:
+                done, st = await self.call(Op.WRITE, hid, off, n, checksum, epoch=epoch,
+                                           **{where: data})
+            except RpcError as e:
+                if e.errno != CHECKSUM_MISMATCH:
+                    raise
+                self._mismatch("WRITE", off, n, attempt)
+                continue
+            self.checksums_verified += 1
+            return done, st
+        raise RpcError(errno.EIO, "write data corrupted twice")
 
     # -- -o debug ------------------------------------------------------------------------------
     async def _logged_call(self, op: Op, *args: Any, **kw: Any) -> Any:
@@ -328,6 +371,10 @@ class RpcClient:
         d["epoch"] = self.epoch
         d["reconnects"] = self.reconnects
         d["connected"] = self.peer is not None
+        d["checksum"] = self.checksum
+        d["checksums_verified"] = self.checksums_verified
+        d["checksum_mismatches"] = self.checksum_mismatches
+        d["checksum_failures"] = self.checksum_failures
         return d
 
 
@@ -346,13 +393,15 @@ def _parts(data: Any) -> list[Any]:
 
 @asynccontextmanager
 async def open_client(host: str, port: int, *, key: bytes, transport: str = "mx",
-                      timeout: float = 10.0) -> AsyncIterator[RpcClient]:
+                      timeout: float = 10.0, checksum: bool = False
+                      ) -> AsyncIterator[RpcClient]:
     """Connect to an mxfs server (raises mxnet.ConnectError if it cannot) and keep connected."""
     connected = False
     try:
         async with mxnet.open_endpoint(None, 0, key=key, transport=transport,
                                        listen=False) as ep:
-            client = RpcClient(ep, host, port, timeout=timeout, transport=transport)
+            client = RpcClient(ep, host, port, timeout=timeout, transport=transport,
+                               checksum=checksum)
             await client.connect(timeout=min(timeout, 10.0) if math.isfinite(timeout) else 10.0)
             connected = True
             async with trio.open_nursery() as nursery:

@@ -17,12 +17,16 @@ clients never meet.
     REPLY  server -> client   msgpack [errno, result]; errno 0 means success. The client
                               posts this receive (peer=server) before it sends REQ.
     RDATA  server -> client   the whole answer to a READ, in ONE message: a fixed
-                              READ_HDR (errno, n) then the data. The client posts one receive
+                              READ_HDR (errno, n, hash) then the data. The client posts one receive
                               [header buffer, data buffer] before sending REQ; the server sends
                               [header, mxnet.file(fd, off, n)] (sendfile on the mx path): the
                               data lands in the client's buffer, no REPLY message.
+                              A READ with a 4th argument 1 asks for the data's xxh3-64 in
+                              hash (-o checksum); otherwise hash is 0.
     WDATA  client -> server   WRITE data larger than INLINE_MAX: sent right after REQ; the
                               server posts mxnet.file(fd, off, len) (spliced into the file).
+                              A WRITE [hid, off, n, hash] carries the data's xxh3-64: the
+                              server checks what landed and answers EBADMSG if it differs.
 
 Paths are bytes, "/"-separated and relative to the export root (b"" is the root). Stats
 travel as the tuple STAT_FIELDS. Nothing here does I/O.
@@ -38,7 +42,9 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 2  # 2: namespace changes answer with the parent directory's post-op attributes
+# 2: namespace changes answer with the parent directory's post-op attributes
+# 3: READ_HDR carries a checksum; WRITE may; PING tells the server's write verifier
+PROTOCOL_VERSION = 3
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
@@ -107,7 +113,8 @@ StatTuple = Sequence[int]
 _HLEN = struct.Struct("<I")
 
 
-READ_HDR = struct.Struct("<iI")  # errno, bytes of data that follow
+READ_HDR = struct.Struct("<iIQ")  # errno, bytes of data that follow, their xxh3-64 (or 0)
+CHECKSUM_MISMATCH = 74  # errno.EBADMSG: a WRITE's data did not arrive as it was sent
 
 
 _KIND_BASE = {k: int(k) << KIND_SHIFT for k in Kind}

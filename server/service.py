@@ -21,9 +21,11 @@ import os
 from typing import Any
 
 import trio
+import xxhash
 
 import mxnet
 from mxfs.rpcproto import (
+    CHECKSUM_MISMATCH,
     KIND_MASK,
     KIND_SHIFT,
     MASK_ALL,
@@ -41,6 +43,7 @@ from mxfs.rpcproto import (
 )
 
 from . import pagecache
+from .checksum import Hasher
 from .confine import EscapeError
 from .ops import FileServer, written
 
@@ -56,11 +59,11 @@ def _op_name(op: int) -> str:
         return str(op)
 
 
-def _write_args(args: list[Any]) -> tuple[int, int, int]:
-    """(handle, offset, length) of a WRITE request, or EINVAL."""
-    if len(args) != 3 or not all(type(a) is int and a >= 0 for a in args):
+def _write_args(args: list[Any]) -> tuple[int, int, int, int | None]:
+    """(handle, offset, length, checksum or None) of a WRITE request, or EINVAL."""
+    if len(args) not in (3, 4) or not all(type(a) is int and a >= 0 for a in args):
         raise OSError(errno.EINVAL, "malformed WRITE")
-    return args[0], args[1], args[2]
+    return args[0], args[1], args[2], args[3] if len(args) == 4 else None
 
 
 class Service:
@@ -74,6 +77,8 @@ class Service:
         self.refused = 0
         self.served_inline = 0  # answered inside the completion callback (no task switch)
         self.served_in_task = 0  # had to wait (cold pages, WDATA, fsync): ran in a task
+        self.hasher = Hasher()  # -o checksum: xxh3-64 of file data through a memory map
+        self.checksum_mismatches = 0  # WRITE data that did not land as it was sent
         ep.on_peer_lost(self._peer_lost)
         if hasattr(ep, "on_peer_accepted"):
             ep.on_peer_accepted(self._peer_accepted)
@@ -140,7 +145,8 @@ class Service:
             self.requests += 1
             self._send_read(st.source, st.match & RID_MASK, *plan)
             return True
-        if op == Op.FSYNC or (op == Op.WRITE and (len(args) != 3 or len(inline) != args[2])):
+        if op == Op.FSYNC or (op == Op.WRITE and (len(args) not in (3, 4)
+                                                  or len(inline) != args[2])):
             return False
         if op == Op.WRITE and self._append_waits(st.source, args[0]):
             return False  # another append to that file is under way: queue behind it
@@ -151,7 +157,8 @@ class Service:
 
     def _sync_call(self, peer: Any, op: int, args: list[Any], inline: memoryview) -> Any:
         if op == Op.WRITE:
-            hid, off, _n = _write_args(args)
+            hid, off, _n, checksum = _write_args(args)
+            self._check_inline(inline, checksum)
             return self.fs.write_inline(peer, hid, off, inline)
         if op == Op.STATS:
             return self.statistics()
@@ -226,30 +233,31 @@ class Service:
         return self.fs.call(peer, op, args)
 
     def _read_plan(self, peer: Any, args: list[Any], probe: bool = True
-                   ) -> tuple[int, int, int, int] | None:
-        """(fd, off, n, errno) for a READ (errno set when it fails at once). With ``probe``,
-        None when its pages are not cached and must be read from disk first."""
+                   ) -> tuple[int, int, int, int, bool] | None:
+        """(fd, off, n, errno, checksum wanted) for a READ (errno set when it fails at
+        once). With ``probe``, None when its pages are not cached and must be read first."""
         try:
-            if len(args) != 3 or not all(type(a) is int for a in args):
+            if len(args) not in (3, 4) or not all(type(a) is int for a in args):
                 raise OSError(errno.EPROTO, "malformed READ")
-            hid, off, size = args
+            hid, off, size = args[:3]
+            want = len(args) == 4 and args[3] == 1
             fd, n = self.fs.read_plan(peer, hid, off, min(size, MAX_READ))
             if probe and n and not pagecache.cached(fd, off, n):
                 return None
-            return fd, off, n, 0
+            return fd, off, n, 0, want
         except EscapeError as e:
             self.refused += 1
             log.warning("refused READ from %s: %s", getattr(peer, "address", peer), e.strerror)
-            return -1, 0, 0, errno.EACCES
+            return -1, 0, 0, errno.EACCES, False
         except OSError as e:
-            return -1, 0, 0, e.errno or errno.EIO
+            return -1, 0, 0, e.errno or errno.EIO, False
 
     async def _read(self, peer: Any, rid: int, args: list[Any]) -> None:
         """Answer a READ; cold pages are first read in a thread, so the event loop never
         waits for the disk. Then one message, as _send_read makes it."""
         plan = self._read_plan(peer, args)
         if plan is None:
-            fd, off, n, _ = self._read_plan(peer, args, probe=False)  # type: ignore[misc]
+            fd, off, n, _, _ = self._read_plan(peer, args, probe=False)  # type: ignore[misc]
             try:
                 await trio.to_thread.run_sync(pagecache.warm, fd, off, n)
             except OSError:
@@ -257,12 +265,14 @@ class Service:
             plan = self._read_plan(peer, args, probe=False)  # the handle may be gone by now
         self._send_read(peer, rid, *plan)  # type: ignore[misc]
 
-    def _send_read(self, peer: Any, rid: int, fd: int, off: int, n: int, err: int) -> None:
-        """One RDATA message: READ_HDR(errno, n), then n bytes of the file straight from the
-        page cache (mxnet.file: sendfile on mx, a counted copy on gm)."""
+    def _send_read(self, peer: Any, rid: int, fd: int, off: int, n: int, err: int,
+                   want_checksum: bool = False) -> None:
+        """One RDATA message: READ_HDR(errno, n, checksum), then n bytes of the file straight
+        from the page cache (mxnet.file: sendfile on mx, a counted copy on gm)."""
         if peer.lost:
             return
-        segs = [mxnet.user(READ_HDR.pack(err, n))]
+        checksum = self.hasher.file_hash(fd, off, n) if want_checksum and n and not err else 0
+        segs = [mxnet.user(READ_HDR.pack(err, n, checksum))]
         if n:
             segs.append(mxnet.file(fd, off, n))
         self.ep.isend(peer, segs, make_match(Kind.RDATA, rid))
@@ -274,20 +284,27 @@ class Service:
             return False  # (answered with its errno when served)
         return key is not None and self.fs.appends.busy(key)
 
+    def _check_inline(self, data: memoryview, checksum: int | None) -> None:
+        """Inline WRITE data is checked in the receive buffer, before it is written."""
+        if checksum is not None and xxhash.xxh3_64_intdigest(data) != checksum:
+            self.checksum_mismatches += 1
+            raise OSError(CHECKSUM_MISMATCH, "write data checksum mismatch")
+
     async def _write(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
-                     n: int) -> list[Any]:
+                     n: int, checksum: int | None) -> list[Any]:
         try:
             key = self.fs.append_key(peer, hid)
         except OSError:
             key = None  # _write_at takes the data off the wire and answers the errno
         if key is None:
-            return await self._write_at(peer, rid, inline, hid, off, n)
+            return await self._write_at(peer, rid, inline, hid, off, n, checksum, False)
         async with self.fs.appends.hold(key):  # end of file taken and written as one step
-            return await self._write_at(peer, rid, inline, hid, off, n)
+            return await self._write_at(peer, rid, inline, hid, off, n, checksum, True)
 
     async def _write_at(self, peer: Any, rid: int, inline: memoryview, hid: int, off: int,
-                        n: int) -> list[Any]:
+                        n: int, checksum: int | None, append: bool) -> list[Any]:
         if len(inline) == n:
+            self._check_inline(inline, checksum)
             return self.fs.write_inline(peer, hid, off, inline)
         if inline:
             raise ProtocolError("inline write data of the wrong length")
@@ -308,6 +325,13 @@ class Service:
             raise OSError(st.error or errno.EIO, "writing received data failed")
         if not st.ok:
             raise OSError(errno.EIO, f"write data {st.code.name}")
+        if checksum is not None and self.hasher.file_hash(fd, woff, st.xfer_length) != checksum:
+            self.checksum_mismatches += 1
+            log.warning("write data from %s at %d (%d bytes) arrived corrupted",
+                        getattr(peer, "address", peer), woff, st.xfer_length)
+            if append:  # (under the append lock) take the bad tail back off: the retry appends
+                os.ftruncate(fd, woff)
+            raise OSError(CHECKSUM_MISMATCH, "write data checksum mismatch")
         return written(fd, st.xfer_length)
 
     def statistics(self) -> dict[str, Any]:
@@ -317,5 +341,8 @@ class Service:
         d["served_inline"] = self.served_inline
         d["served_in_task"] = self.served_in_task
         d["open_handles"] = len(self.fs.handles)
+        d["checksum_bytes_hashed"] = self.hasher.hashed_bytes
+        d["checksum_bytes_copied"] = self.hasher.copied_bytes
+        d["checksum_mismatches"] = self.checksum_mismatches
         return d
 

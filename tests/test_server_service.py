@@ -147,7 +147,8 @@ async def test_unanswered_call_times_out_with_eio(tmp_path):
 async def test_connect_checks_the_protocol_version(tmp_path):
     async with trio.open_nursery() as nursery:
         old = await nursery.start(_answers_once, PROTOCOL_VERSION - 1)
-        with pytest.raises(mxnet.ConnectError, match="speaks mxfs protocol 1, this client 2"):
+        with pytest.raises(mxnet.ConnectError, match=f"speaks mxfs protocol {PROTOCOL_VERSION - 1}, "
+                           f"this client {PROTOCOL_VERSION}"):
             async with open_client("127.0.0.1", old.address[1], key=KEY, timeout=2):
                 pass
         mute = await nursery.start(_endpoint, "mx")  # accepts, never answers
