@@ -18,9 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from .gctune import tune_gc
+from .mounttab import MOUNTINFO, MXFS_FSTYPE, find_mounts, mountpoint_problem, topmost
 from .options import MountOptions, OptionError, parse_options
 
 PROG = "mxfs"
@@ -30,6 +31,17 @@ STATS_XATTR = "user.mxfs.stats"
 def _err(msg: str) -> int:
     print(f"{PROG}: {msg}", file=sys.stderr)
     return 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    return _Parser(prog=f"{PROG} {command}")
 
 
 # -- mount -------------------------------------------------------------------------------------
@@ -125,7 +137,7 @@ def do_mount(opts: MountOptions) -> int:
 
 
 def _mount_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} mount")
+    p = _parser("mount")
     p.add_argument("server", metavar="HOST:PORT")
     p.add_argument("mountpoint")
     p.add_argument("-o", dest="opts", action="append", default=[], metavar="OPTIONS")
@@ -140,23 +152,45 @@ def _mount_main(argv: list[str]) -> int:
         opts.read_secret()  # fail early, in the foreground, with a clear line
     except OptionError as e:
         return _err(str(e))
-    if not os.path.isdir(opts.mountpoint):
-        return _err(f"mount point {opts.mountpoint} is not a directory")
+    problem = mountpoint_problem(opts.mountpoint)
+    if problem:
+        return _err(problem)
     return do_mount(opts)
 
 
 # -- umount / stats ----------------------------------------------------------------------------
+def _umount_problem(path: str) -> tuple[str, str | None]:
+    """(the mount point to hand to fusermount, or why *path* must not be unmounted)."""
+    try:
+        where, found = find_mounts(path)
+    except OSError as e:
+        return path, f"cannot read {MOUNTINFO}: {e.strerror}"
+    if not found:
+        if not os.path.lexists(where):
+            return where, f"cannot unmount {path}: no such file or directory"
+        return where, f"cannot unmount {path}: not mounted"
+    top = topmost(found)
+    if top.fstype != MXFS_FSTYPE:
+        return where, (f"cannot unmount {path}: not an mxfs mount ({top.describe()}); "
+                       "left mounted")
+    return where, None
+
+
 def _umount_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} umount")
+    p = _parser("umount")
     p.add_argument("-z", "--lazy", action="store_true")
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
+    where, problem = _umount_problem(args.mountpoint)
+    if problem:
+        return _err(problem)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u"] + (["-z"] if args.lazy else []) if tool else \
         ["umount"] + (["-l"] if args.lazy else [])
-    r = subprocess.run([*cmd, args.mountpoint], capture_output=True, text=True)
+    r = subprocess.run([*cmd, where], capture_output=True, text=True)
     if r.returncode != 0:
-        return _err(f"cannot unmount {args.mountpoint}: {r.stderr.strip() or r.returncode}")
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        return _err(f"cannot unmount {args.mountpoint}: {why}")
     return 0
 
 
@@ -192,7 +226,7 @@ def format_stats(d: dict[str, Any]) -> str:
 
 
 def _stats_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} stats")
+    p = _parser("stats")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
@@ -215,7 +249,7 @@ exec {python} -m mxfs.cli mount "$@"
 
 
 def _install_helper_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} install-helper")
+    p = _parser("install-helper")
     p.add_argument("--dir", default="/sbin")
     args = p.parse_args(argv)
     path = os.path.join(args.dir, "mount.fuse.mxfs")

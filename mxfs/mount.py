@@ -7,7 +7,6 @@ called with None once the mount is usable, or with an error line if it could not
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ import trio
 import mxnet
 
 from .fs import MxfsOperations
+from .mounttab import find_mounts, mountpoint_problem, topmost
 from .options import MountOptions, OptionError
 from .rpc import RpcError, leaf_exception, open_client
 
@@ -29,24 +29,14 @@ class MountError(Exception):
     pass
 
 
-def _unescape(s: str) -> str:
-    return s.encode().decode("unicode_escape") if "\\" in s else s
-
-
 def mount_device(mountpoint: str) -> str | None:
     """'major:minor' of the file system mounted at *mountpoint*, from /proc/self/mountinfo
     (no stat() of the mount point: that would ask our own, not yet serving, file system)."""
-    target = os.path.abspath(mountpoint)
-    found = None
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    found = fields[2]
+        _, found = find_mounts(mountpoint)
     except OSError:
         return None
-    return found
+    return topmost(found).device if found else None
 
 
 def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
@@ -58,7 +48,9 @@ def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
             f.write(str(kb))
         return True
     except OSError as e:
-        log.info("could not raise read_ahead_kb of %s: %s", dev, e)
+        # a container's /sys is read-only: say so, reads run 2-3x slower (README, Docker)
+        log.warning("could not raise read_ahead_kb of %s to %d: %s; sequential reads will be "
+                    "slower (in a container: see README, Docker)", dev, kb, e)
         return False
 
 
@@ -79,8 +71,9 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
     except OptionError as e:
         ready(str(e))
         return
-    if not os.path.isdir(opts.mountpoint):
-        ready(f"mount point {opts.mountpoint} is not a directory")
+    problem = mountpoint_problem(opts.mountpoint)  # again: time passed since `mxfs mount`
+    if problem:
+        ready(problem)
         return
     try:
         async with open_client(opts.host, opts.port, key=key, transport=opts.transport,

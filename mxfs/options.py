@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -57,35 +58,46 @@ class MountOptions:
         raise OptionError("no secret: give -o secret_file=FILE (or set MXFS_SECRET_FILE)")
 
 
-def parse_address(spec: str) -> tuple[str, int]:
-    """'host:port', '[v6]:port' -> (host, port)."""
+# Numeric options: the smallest value each accepts. Every one must be a finite number.
+# (timeout: below 0.1 s every request would time out and the watchdog would spin)
+NUMERIC_MINIMUM = {"timeout": 0.1, "attr_timeout": 0.0, "entry_timeout": 0.0}
+
+
+def parse_address(spec: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """'host:port', '[v6]:port' -> (host, port). Port 0 ("any free port") only with
+    *allow_zero*."""
     if spec.startswith("["):
         host, sep, rest = spec[1:].partition("]")
         if not sep or not rest.startswith(":"):
-            raise OptionError(f"bad server address {spec!r} (want HOST:PORT)")
+            raise OptionError(f"bad address {spec!r} (want HOST:PORT)")
         port_s = rest[1:]
     else:
         host, sep, port_s = spec.rpartition(":")
         if not sep:
-            raise OptionError(f"bad server address {spec!r} (want HOST:PORT)")
+            raise OptionError(f"bad address {spec!r} (want HOST:PORT)")
     if not host:
-        raise OptionError(f"bad server address {spec!r}: no host")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise OptionError(f"bad port in {spec!r}") from None
-    if not 0 < port < 65536:
-        raise OptionError(f"port out of range in {spec!r}")
+        raise OptionError(f"bad address {spec!r}: no host")
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise OptionError(f"bad port in {spec!r}: {port_s!r} is not a port number")
+    port = int(port_s)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise OptionError(f"port out of range in {spec!r}: want {low}..65535")
     return host, port
 
 
-def _positive(name: str, value: str) -> float:
+def parse_number(name: str, value: str) -> float:
+    """The value of numeric option *name*: a finite number, at least its minimum."""
     try:
         v = float(value)
     except ValueError:
         raise OptionError(f"option {name} wants a number, not {value!r}") from None
-    if v < 0 or (name == "timeout" and v == 0):
-        raise OptionError(f"option {name} must be positive")
+    if not math.isfinite(v):
+        raise OptionError(f"option {name} must be a finite number of seconds, not {value!r}")
+    low = NUMERIC_MINIMUM[name]
+    if v < low:
+        what = "0 or more" if low == 0 else f"at least {low:g}"
+        raise OptionError(f"option {name} must be {what} seconds, not {value!r}")
     return v
 
 
@@ -110,8 +122,10 @@ def parse_options(server: str, mountpoint: str, opts: list[str], *,
                 mo.secret_file = value
             elif name in ("ro", "allow_other", "debug") and not eq:
                 setattr(mo, name, True)
-            elif name in ("attr_timeout", "entry_timeout", "timeout") and eq:
-                setattr(mo, name, _positive(name, value))
+            elif name in NUMERIC_MINIMUM:
+                if not eq:
+                    raise OptionError(f"option {name} wants a value ({name}=SECONDS)")
+                setattr(mo, name, parse_number(name, value))
             elif name in _IGNORED or name.startswith("x-"):
                 continue
             else:

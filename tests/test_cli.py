@@ -81,7 +81,9 @@ def test_cli_errors(tmp_path):
     _one_error_line(_run("mount", "127.0.0.1:9", str(mnt), "-o", f"secret_file={tmp_path}/x"),
                     "secret")
     _one_error_line(_run("mount", "127.0.0.1:1", str(tmp_path / "nodir"), "-o",
-                         f"secret_file={s}"), "not a directory")
+                         f"secret_file={s}"), "does not exist")
+    _one_error_line(_run("mount", "127.0.0.1:1", str(s), "-o", f"secret_file={s}"),
+                    "not a directory")
     _one_error_line(_run("frobnicate"), "unknown command")
     _one_error_line(_run("stats", str(tmp_path)), "not an mxfs mount")
 
