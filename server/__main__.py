@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from contextlib import AsyncExitStack
+from typing import NoReturn
 
 import trio
 
@@ -30,14 +31,33 @@ from .service import Service
 
 log = logging.getLogger("mxfs.server")
 
+PROG = "mxfs-server"
 # Read data goes to a receive the client posted before asking, so the server may send it
 # eagerly: no RNDV/PULL/NOTIFY round trip per read. (The client keeps the default 32 KiB
 # threshold, so its large writes still wait in the unexpected queue as a rendezvous only.)
-SERVER_CONFIG = mxnet.Config(eager_max=int(os.environ.get("MXFS_SERVER_EAGER_MAX", 4 << 20)))
+EAGER_MAX_ENV = "MXFS_SERVER_EAGER_MAX"
+DEFAULT_EAGER_MAX = 4 << 20
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mxfs-server", description="mxfs I/O server")
+    p = _Parser(prog=PROG, description="mxfs I/O server")
     p.add_argument("export", help="directory to export")
     p.add_argument("--listen", default="127.0.0.1:7070", metavar="HOST:PORT",
                    help="address to listen on (port 0: any free port); default %(default)s")
@@ -45,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="file holding the shared secret (clients must use the same)")
     p.add_argument("--transport", choices=("both", "mx", "gm"), default="both",
                    help="transports to serve; with both, gm listens on PORT+1 (default both)")
-    p.add_argument("--max-handles", type=int, default=4096, help="open handles per client")
+    p.add_argument("--max-handles", type=_positive_int, default=4096,
+                   help="open handles per client, at least 1 (default %(default)s)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -66,36 +87,78 @@ def _free_port_pair(host: str) -> int:
     raise OSError("no two consecutive free ports found")
 
 
+class ListenError(Exception):
+    """An endpoint could not listen: the message names the address, port and transport."""
+
+
+def server_config() -> mxnet.Config:
+    raw = os.environ.get(EAGER_MAX_ENV, str(DEFAULT_EAGER_MAX))
+    if not (raw.isascii() and raw.isdigit()):
+        raise OptionError(f"{EAGER_MAX_ENV} wants a byte count (0 or more), not {raw!r}")
+    return mxnet.Config(eager_max=int(raw))
+
+
+def parse_listen(spec: str, transports: list[str]) -> tuple[str, int]:
+    """--listen HOST:PORT -> (host, port), checked before anything opens: the host resolves
+    and, with both transports, PORT+1 (gm's) is a port too. Port 0: any free port (pair)."""
+    try:
+        host, port = parse_address(spec, allow_zero=True)
+    except OptionError as e:
+        raise OptionError(f"--listen: {e}") from None
+    top = 65535 - (len(transports) - 1)
+    if port > top:
+        why = f"gm listens on PORT+1 = {port + 1}" if len(transports) > 1 else "no such port"
+        raise OptionError(f"--listen {spec}: port must be 1..{top} (or 0 for any): {why}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OptionError(f"--listen {spec}: cannot resolve host {host!r}: {why}") from None
+    return host, port
+
+
+def _listen_error(host: str, port: int, transport: str, transports: list[str],
+                  e: OSError) -> ListenError:
+    why = e.strerror or str(e)
+    shown = f"[{host}]" if ":" in host else host
+    hint = " (gm listens on PORT+1 when serving both transports)" if (
+        transport == "gm" and len(transports) > 1) else ""
+    return ListenError(f"cannot listen for {transport} clients on {shown}:{port}: {why}{hint}")
+
+
 async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: bytes,
                           transports: list[str]) -> list[object]:
     """Open one endpoint per transport on consecutive ports."""
+    config = server_config()
     for attempt in range(10):
         base = port or (_free_port_pair(host or "0.0.0.0") if len(transports) > 1 else 0)
         inner = AsyncExitStack()
         eps: list[object] = []
-        try:
-            for i, t in enumerate(transports):
+        for i, t in enumerate(transports):
+            try:
                 ep = await inner.enter_async_context(
                     mxnet.open_endpoint(host, base + i if base else 0, key=key, transport=t,
-                                        config=SERVER_CONFIG))
-                eps.append(ep)
-        except BaseException as e:
-            await inner.aclose()
-            leaf = leaf_exception(e)
-            if port or attempt == 9 or not isinstance(leaf, OSError):
-                raise leaf from None
-            continue  # someone took the port meanwhile: pick another pair
-        stack.push_async_exit(inner)
-        return eps
+                                        config=config))
+            except BaseException as e:
+                await inner.aclose()
+                leaf = leaf_exception(e)
+                if not isinstance(leaf, OSError):
+                    raise leaf from None
+                if port or attempt == 9:
+                    raise _listen_error(host, base + i if base else 0, t, transports,
+                                        leaf) from None
+                break  # someone took the port meanwhile: pick another pair
+            eps.append(ep)
+        else:
+            stack.push_async_exit(inner)
+            return eps
     raise OSError("cannot open the endpoints")
 
 
-async def serve(args: argparse.Namespace, key: bytes) -> None:
-    host, port = parse_address(args.listen) if not args.listen.endswith(":0") else (
-        args.listen.rpartition(":")[0].strip("[]"), 0)
+async def serve(args: argparse.Namespace, key: bytes, host: str, port: int,
+                transports: list[str]) -> None:
     export = Export(args.export)
     fs = FileServer(export, HandleTable(max_per_owner=args.max_handles))
-    transports = ["mx", "gm"] if args.transport == "both" else [args.transport]
     try:
         async with AsyncExitStack() as stack:
             eps = await _open_endpoints(stack, host, port, key, transports)
@@ -126,14 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             key = f.read().strip()
         if not key:
             raise OptionError(f"secret file {args.secret_file} is empty")
-        if not args.listen.endswith(":0"):
-            parse_address(args.listen)
+        transports = ["mx", "gm"] if args.transport == "both" else [args.transport]
+        host, port = parse_listen(args.listen, transports)
+        server_config()
         tune_gc()
-        trio.run(serve, args, key)
-    except (OptionError, OSError) as e:
+        trio.run(serve, args, key, host, port, transports)
+    except (OptionError, ListenError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
         msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         fn = getattr(e, "filename", None)
-        print(f"mxfs-server: {msg}{f': {fn}' if fn else ''}", file=sys.stderr)
+        print(f"{PROG}: {msg}{f': {fn}' if fn else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
