@@ -166,10 +166,12 @@ class Local(Peer):
 
 # -- mxfs --------------------------------------------------------------------------------------
 class Mxfs(Peer):
-    def __init__(self, work: Path, transport: str) -> None:
+    def __init__(self, work: Path, transport: str, checksum: bool = False) -> None:
         self.transport = transport
-        self.name = f"mxfs-{transport}"
-        self.kind = f"mxfs, -o transport={transport} (own server process, --transport {transport})"
+        self.checksum = checksum
+        self.name = f"mxfs-{transport}" + ("-checksum" if checksum else "")
+        self.kind = (f"mxfs, -o transport={transport}{',checksum' if checksum else ''} "
+                     f"(own server process, --transport {transport})")
         super().__init__(work)
         self.export = self.dir / "export"
         self.export.mkdir(exist_ok=True)
@@ -212,7 +214,8 @@ class Mxfs(Peer):
 
     def _argv(self) -> list[str]:
         return [PY, "-m", "mxfs.cli", "mount", f"127.0.0.1:{self.port}", str(self.mnt), "-o",
-                f"transport={self.transport},secret_file={self.secret}"]
+                f"transport={self.transport},secret_file={self.secret}"
+                + (",checksum" if self.checksum else "")]
 
     def _mount(self) -> None:
         argv = self._argv()
@@ -454,8 +457,8 @@ class Gluster(Peer):
 
 
 def make_peers(work: Path, only: list[str] | None = None) -> list[Peer]:
-    peers: list[Peer] = [Mxfs(work, "mx"), Mxfs(work, "gm"), SshfsSsh(work), SshfsDirect(work),
-                         Gluster(work), Local(work)]
+    peers: list[Peer] = [Mxfs(work, "mx"), Mxfs(work, "mx", checksum=True), Mxfs(work, "gm"),
+                         SshfsSsh(work), SshfsDirect(work), Gluster(work), Local(work)]
     if only:
         unknown = set(only) - {p.name for p in peers}
         if unknown:

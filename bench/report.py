@@ -232,7 +232,8 @@ def ratio_table(agg, mx="mxfs-mx", others=("mxfs-gm", "sshfs", "sshfs-direct", "
 
 
 # -- plots ------------------------------------------------------------------------------------------
-COLORS = {"mxfs-mx": "#1f77b4", "mxfs-gm": "#aec7e8", "sshfs": "#d62728",
+COLORS = {"mxfs-mx": "#1f77b4", "mxfs-mx-checksum": "#9467bd", "mxfs-gm": "#aec7e8",
+          "sshfs": "#d62728",
           "sshfs-direct": "#ff9896", "glusterfs": "#2ca02c", "local": "#7f7f7f"}
 
 

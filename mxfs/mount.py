@@ -77,7 +77,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
         return
     try:
         async with open_client(opts.host, opts.port, key=key, transport=opts.transport,
-                               timeout=opts.timeout) as rpc:
+                               timeout=opts.timeout, checksum=opts.checksum) as rpc:
             ops = MxfsOperations(rpc, opts)
             try:
                 await ops.prime()

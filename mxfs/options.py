@@ -34,6 +34,7 @@ class MountOptions:
     timeout: float = 10.0
     foreground: bool = False
     debug: bool = False
+    checksum: bool = False  # xxh3-64 of every READ and WRITE payload, checked where it lands
 
     @property
     def server(self) -> str:
@@ -120,7 +121,7 @@ def parse_options(server: str, mountpoint: str, opts: list[str], *,
                 if not value:
                     raise OptionError("secret_file wants a file name")
                 mo.secret_file = value
-            elif name in ("ro", "allow_other", "debug") and not eq:
+            elif name in ("ro", "allow_other", "debug", "checksum") and not eq:
                 setattr(mo, name, True)
             elif name in NUMERIC_MINIMUM:
                 if not eq:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import trio
+from conftest_fs import SECRET, MountProc, ServerProc, needs_fuse
 from corrupt_proxy import CorruptingProxy
 from test_server_service import KEY, _serve
 
@@ -75,3 +76,38 @@ async def test_persistent_corruption_gives_eio(tmp_path, transport):
                                             to_client=-1, to_server=-1)
     assert all(o == ("error", errno.EIO, None) for o in outcome), outcome
     assert stats["checksum_failures"] == len(SIZES)
+
+
+@pytest.mark.fuse
+@needs_fuse
+def test_mount_with_checksum_catches_wire_corruption(tmp_path, transport):
+    """A real mount through the corrupting proxy: one flip each way is caught and retried
+    (the data is right on both ends), and a wire that always corrupts gives EIO."""
+    export = tmp_path / "export"
+    export.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET + b"\n")
+    server = ServerProc(export, secret).start()
+    target = server.port + (1 if transport == "gm" else 0)
+    proxy = CorruptingProxy(target, to_client=1, to_server=1)
+    m = None
+    try:
+        m = MountProc(proxy.port, tmp_path / "mnt", secret, transport, "checksum").start()
+        data = os.urandom(4 << 20)
+        (m.mnt / "f").write_bytes(data)
+        assert (export / "f").read_bytes() == data
+        assert (m.mnt / "f").read_bytes() == data
+        assert proxy.flipped == {"s2c": 1, "c2s": 1}
+        client = m.stats()["client"]
+        assert client["checksum_mismatches"] == 2 and client["checksum_failures"] == 0
+        proxy.budget["s2c"] = -1  # from now on every payload towards the client is damaged
+        with pytest.raises(OSError) as ei:
+            (m.mnt / "f").read_bytes()
+        assert ei.value.errno == errno.EIO
+        proxy.budget["s2c"] = 0
+        assert m.stats()["client"]["checksum_failures"] >= 1
+    finally:
+        if m is not None:
+            m.stop()
+        proxy.close()
+        server.stop()
