@@ -555,7 +555,7 @@ class MxfsOperations(pyfuse3.Operations):
         except RpcError:
             self.werr.record(f.ino, errno.EIO)  # no server vouches for them
             return
-        self.werr.check(f.ino, self.rpc.verifier)
+        self.werr.check(f.ino, self.rpc.verifier, self.rpc.epoch)
 
     async def _settle_inode(self, ino: int) -> None:
         """Before anything that must see ino's data or size: send its pending runs."""
@@ -627,7 +627,7 @@ class MxfsOperations(pyfuse3.Operations):
         token = self.werr.unsynced_since(f.ino)
         await self._with_file(f, Op.FSYNC, bool(datasync))
         # the server run that synced must be the one that acknowledged the writes
-        self.werr.check(f.ino, self.rpc.verifier)
+        self.werr.check(f.ino, self.rpc.verifier, self.rpc.epoch)
         self.werr.synced(f.ino, token)
         _report(self.werr.for_fsync(f.ino, f.seen))
 

@@ -101,12 +101,17 @@ class WriteErrors:
         u = self._unsynced.get(ino)
         return u is not None and u.epoch != epoch
 
-    def check(self, ino: int, verifier: object) -> None:
-        """The server now answering has this verifier: another means a restart since."""
+    def check(self, ino: int, verifier: object, epoch: int | None = None) -> None:
+        """The server now answering (on connection *epoch*) has this verifier: another one
+        means a restart since."""
         u = self._unsynced.get(ino)
-        if u is not None and u.verifier != verifier:
+        if u is None:
+            return
+        if u.verifier != verifier:
             self._restarted(ino)
             del self._unsynced[ino]
+        elif epoch is not None:
+            u.epoch = epoch  # the same server run on a new connection: no need to ask again
 
     def synced(self, ino: int, token: int) -> None:
         """An fsync that started at *token* succeeded: what it covered is durable."""

@@ -28,7 +28,8 @@ def test_a_new_verifier_means_unsynced_writes_may_be_lost() -> None:
     cur = w.sample(7)
     w.acknowledged(7, epoch=1, verifier=111)
     assert not w.needs_check(7, epoch=1) and w.needs_check(7, epoch=2)
-    w.check(7, 111)  # same server run after a reconnect: nothing lost
+    w.check(7, 111, epoch=2)  # same server run after a reconnect: nothing lost
+    assert not w.needs_check(7, epoch=2)  # (and no need to ask again)
     assert w.for_fsync(7, cur) == 0
     w.check(7, 222)  # another run: the acknowledged writes may be gone
     assert w.for_fsync(7, cur) == errno.EIO and w.lost_by_restart == 1
