@@ -18,6 +18,10 @@ size class. Two users share the engine:
   software against posted receives by a small header it carries, and is copied out into
   the receive's segments. Both copies are counted in ``payload_bytes_copied``; bounce and
   receive buffers come from a registration cache, and each registration is counted.
+
+A receive whose segments cannot take the copy (a file segment: ENOSPC, EBADF) completes with
+LOCAL_ERROR and that errno; the message was already whole in its receive buffer, so the
+connection stays in step and lives on.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .errors import ProtocolError, RegistrationError
 from .gm import ReceivePool, Region, RegistrationTable, SendTokens, size_class
 from .matching import MASK_ALL, Matcher, check_match
 from .protocol import EngineBase, Inbound, OutFrame, Request
-from .segments import FileRange, as_vector, copy_into, pieces
+from .segments import FileRange, as_vector, pieces
 from .stats import Statistics
 from .status import Status, StatusCode
 from .wire import Header, PacketType
@@ -351,15 +355,13 @@ class GMEngine(EngineBase):
         return self._deliver(req, held)
 
     def _deliver(self, req: Request, held: _Held) -> list[OutFrame]:
-        """Copy a held message out of its registered buffer into the receive (counted)."""
+        """Copy a held message out of its registered buffer into the receive (counted); a
+        segment that cannot be written fails this receive only (LOCAL_ERROR, errno)."""
         take = min(held.length, req.length)
-        if take:
-            copy_into(req.vec, held.region.span(CONV.size, take))
-            self.stats.payload_bytes_copied += take
-            self.stats.payload_copies += 1
-        self._release(held.region, held.klass)
-        code = StatusCode.TRUNCATED if take < held.length else StatusCode.SUCCESS
-        req._complete(code, held.length, take)
+        try:
+            self._copy_out(req, held.region.span(CONV.size, take), held.length)
+        finally:
+            self._release(held.region, held.klass)
         if not held.sync_id or req.peer not in self.peers:
             return []
         return self._ack(req.peer, held.sync_id)

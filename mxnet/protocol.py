@@ -35,6 +35,7 @@ only while POSTED.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -205,6 +206,22 @@ class EngineBase:
     stats: Statistics
     on_complete: Callable[[Request], None] | None
     on_room: Callable[[], None] | None
+
+    def _copy_out(self, req: Request, src: memoryview, msg_length: int) -> None:
+        """Complete ``req`` with a message kept here (unexpected queue, gm receive buffer),
+        copied into its segments — a real, counted copy. A file segment that cannot be
+        written (ENOSPC, EBADF…) fails this receive alone: LOCAL_ERROR with the errno."""
+        take = src.nbytes
+        if take:
+            try:
+                copy_into(req.vec, src)
+            except OSError as e:
+                req._complete(StatusCode.LOCAL_ERROR, msg_length, 0, e.errno or errno.EIO)
+                return
+            self.stats.payload_bytes_copied += take
+            self.stats.payload_copies += 1
+        code = StatusCode.TRUNCATED if take < msg_length else StatusCode.SUCCESS
+        req._complete(code, msg_length, take)
 
     def _post(self, segments: Any, match: int, mask: int, peer: Hashable | None
               ) -> tuple[Request, Any]:
@@ -532,13 +549,7 @@ class Engine(EngineBase):
     # -- internals -----------------------------------------------------------------------
     def _deliver_unexpected(self, req: Request, buf: bytearray) -> None:
         n = len(buf)
-        take = min(n, req.length)
-        if take:
-            copy_into(req.vec, memoryview(buf)[:take])
-            self.stats.payload_bytes_copied += take
-            self.stats.payload_copies += 1
-        code = StatusCode.TRUNCATED if take < n else StatusCode.SUCCESS
-        req._complete(code, n, take)
+        self._copy_out(req, memoryview(buf)[: min(n, req.length)], n)
 
 
 async def _wait(self: Request, timeout: float | None = None) -> Status:
