@@ -17,8 +17,11 @@ class Config:
     eager_max: int = MEDIUM_MAX  # largest message sent eagerly; larger ones use rendezvous
     max_message: int = 1 << 30  # longest message accepted from a peer
     data_chunk: int = 1 << 20  # rendezvous data goes out in chunks of this size (fairness)
-    unexpected_max_count: int = 4096  # bounded unexpected queue (messages) ...
-    unexpected_max_bytes: int = 64 << 20  # ... and bytes; a peer past it is paused, not buffered
+    # the unexpected queue holds at most this many messages / bytes *per peer*; on mx this is
+    # the credit window each peer is granted at connect (protocol.py), so an honest sender
+    # holds back what would not fit; a peer past it anyway is paused, not buffered
+    unexpected_max_count: int = 4096
+    unexpected_max_bytes: int = 64 << 20
     keepalive: float = 2.0  # send a ping after this long without traffic
     peer_timeout: float = 10.0  # declare a silent peer lost after this long
     handshake_timeout: float = 5.0
@@ -26,7 +29,9 @@ class Config:
     # long before it sleeps. Measured on the 2-vCPU VM: client and server end up on one vCPU
     # and spinning starves the peer (latency grows with poll_us), so the default is 0.
     poll_us: float = float(os.environ.get("MXNET_POLL_US", "0"))
-    send_buffer_max: int = 4096  # outstanding frames per peer before isend refuses
+    # sends to one peer accepted and not yet on the wire (waiting for the socket, mx
+    # credits or gm send tokens); past it isend raises QueueFull, Endpoint.send waits
+    send_buffer_max: int = 4096
     gm_send_tokens: int = 64  # gm: outstanding sends per endpoint
     gm_max_size_class: int = 27  # gm: largest size class, 2**27 bytes
 

@@ -13,6 +13,13 @@ goes, and reads it straight there: ``recv_into`` into the posted segments' memor
 oversized message, EOF mid-frame, silence past ``peer_timeout``) ends that peer only: its
 socket closes, its requests complete with PEER_LOST, ``on_peer_lost`` callbacks run.
 
+Flow control (see protocol.py): the handshake tells each side the other's credit window,
+so an mx peer never sends more than the receiver's queue holds for it and the reader never
+has to stop. A peer that sends past its share anyway (or any gm peer past it) is paused:
+its reader waits for room, reading nothing more from that socket. Sends to one peer that
+are not on the wire yet are bounded by ``send_buffer_max``: ``isend`` raises QueueFull,
+``await send`` waits for room.
+
 The engine is either the MX engine (protocol.Engine) or the GM engine (gm.GMEngine); this
 shell does not care which.
 """
@@ -67,6 +74,8 @@ class Endpoint:
             self.engine = Engine(config, self.stats)
         self.engine.on_complete = self._on_complete
         self.engine.on_room = self._on_room
+        self.engine.on_send_room = self._on_send_room
+        self._window = (config.unexpected_max_count, config.unexpected_max_bytes)
         self.engine.waiter = self._wait
         self._nursery = nursery
         self._listeners: list[socket.socket] = []
@@ -99,7 +108,8 @@ class Endpoint:
             with trio.fail_after(timeout):
                 sock = await _connect_tcp(host, port)
                 try:
-                    await handshake.client_side(sock, self.key, self.transport)
+                    window = await handshake.client_side(sock, self.key, self.transport,
+                                                         self._window)
                 except BaseException:
                     sock.close()
                     raise
@@ -107,11 +117,29 @@ class Endpoint:
             raise ConnectError(f"connecting to {host}:{port} timed out after {timeout} s") from None
         except OSError as e:
             raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
-        peer = self._add_peer(sock, (host, port))
+        peer = self._add_peer(sock, (host, port), window)
         return peer
 
     def isend(self, peer: Peer, segments: Any, match: int) -> Request:
+        """Send without blocking. Raises QueueFull when ``send_buffer_max`` messages to this
+        peer are already waiting to go out (``await send`` waits for room instead)."""
         return self._send(peer, segments, match, False)
+
+    async def send(self, peer: Peer, segments: Any, match: int, *, sync: bool = False
+                   ) -> Request:
+        """isend (issend with ``sync``) that first waits for room in the peer's send queue:
+        the backpressure of ``send_buffer_max``. Returns the request, which completes as
+        isend's does."""
+        engine = self.engine
+        while not peer.lost and engine.send_queue_length(peer) >= self.config.send_buffer_max:
+            if peer.send_room.is_set():
+                peer.send_room = trio.Event()
+            await peer.send_room.wait()
+        return self._send(peer, segments, match, sync)
+
+    def send_queue_length(self, peer: Peer) -> int:
+        """Messages to ``peer`` accepted by isend and not yet on the wire."""
+        return self.engine.send_queue_length(peer)
 
     def issend(self, peer: Peer, segments: Any, match: int) -> Request:
         """Synchronous send: completes only once a receive has matched and taken it."""
@@ -224,6 +252,9 @@ class Endpoint:
     def _on_room(self) -> None:
         self._room_event.set()
 
+    def _on_send_room(self, peer: Any) -> None:
+        peer.send_room.set()
+
     async def _wait(self, req: Request, timeout: float | None) -> Status:
         if req.status is None and self._spin:
             # MX polls a while before blocking: yielding keeps trio polling epoll with a zero
@@ -253,13 +284,14 @@ class Endpoint:
         return req.status  # type: ignore[return-value]
 
     # -- peers ---------------------------------------------------------------------------
-    def _add_peer(self, sock: socket.socket, address: Any) -> Peer:
+    def _add_peer(self, sock: socket.socket, address: Any,
+                  window: tuple[int, int] | None = None) -> Peer:
         if self.closed:
             sock.close()
             raise ConnectError("endpoint is closed")
         peer = Peer(sock, address, self.stats)
         peer.on_sent = self.engine.frame_sent
-        self.engine.add_peer(peer)
+        self.engine.add_peer(peer, window)
         self.peers.add(peer)
         self.stats.peers_connected = len(self.peers)
         self._nursery.start_soon(self._run_peer, peer)
@@ -304,6 +336,7 @@ class Endpoint:
         else:  # never started: nothing waits on the socket
             peer.sock.close()
         peer.drop_queues()
+        peer.send_room.set()  # a send() waiting for room sees the peer is gone
         self.peers.discard(peer)
         self.stats.peers_lost += 1
         self.engine.peer_lost(peer)
@@ -342,7 +375,9 @@ class Endpoint:
             if h.length > self.config.max_message:
                 raise ProtocolError(f"frame of {h.length} bytes exceeds max_message")
             inbound = engine.receive_header(peer, h)
-            while inbound.paused:  # the unexpected queue is full: stop reading this peer
+            if inbound.paused:  # its share of the unexpected queue is full: stop reading it
+                self.stats.pauses += 1
+            while inbound.paused:
                 peer.paused = True
                 flush()
                 if self._room_event.is_set():
@@ -450,14 +485,15 @@ class Endpoint:
     async def _accept_one(self, sock: socket.socket, addr: Any) -> None:
         try:
             with trio.fail_after(self.config.handshake_timeout):
-                await handshake.server_side(sock, self.key, self.transport)
+                window = await handshake.server_side(sock, self.key, self.transport,
+                                                     self._window)
         except (ConnectError, trio.TooSlowError, OSError) as e:
             sock.close()
             self.stats.handshake_failures += 1
             msg = "handshake timed out" if isinstance(e, trio.TooSlowError) else str(e)
             log.warning("mxnet: refused connection from %s: %s", addr[:2], msg)
             return
-        peer = self._add_peer(sock, addr[:2])
+        peer = self._add_peer(sock, addr[:2], window)
         for cb in list(self._accept_callbacks):
             cb(peer)
 

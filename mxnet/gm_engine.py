@@ -21,7 +21,10 @@ size class. Two users share the engine:
 
 A receive whose segments cannot take the copy (a file segment: ENOSPC, EBADF) completes with
 LOCAL_ERROR and that errno; the message was already whole in its receive buffer, so the
-connection stays in step and lives on.
+connection stays in step and lives on. Sends waiting for the socket or a send token count
+against ``send_buffer_max`` per peer, as on mx. GM has no rendezvous, so no credits: a
+message in the unexpected queue is whole, and a receive that takes it needs nothing more
+from the wire (a peer past its share of the queue is paused, as GM stalls).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class _PeerState:
     sync_waiting: dict[int, Request] = field(default_factory=dict)
     inflight: set[Request] = field(default_factory=set)
     raw_waiting: deque[Any] = field(default_factory=deque)
+    queued: int = 0  # sends accepted and not yet written (send_buffer_max bounds it)
     current: tuple[Header, Any] | None = None
     next_sync: int = 1
 
@@ -88,6 +92,7 @@ class GMEngine(EngineBase):
         self.on_unexpected: Callable[[Status], None] | None = None
         self.emit: Callable[[Any, list[OutFrame]], None] | None = None
         self.waiter: Any = None
+        self.on_send_room: Callable[[Hashable], None] | None = None
 
     # -- registration cache --------------------------------------------------------------
     def _region(self, klass: int) -> Region:
@@ -110,8 +115,8 @@ class GMEngine(EngineBase):
             self.table.deregister(region)
 
     # -- peers ---------------------------------------------------------------------------
-    def add_peer(self, peer: Hashable) -> None:
-        self.peers[peer] = _PeerState()
+    def add_peer(self, peer: Hashable, window: tuple[int, int] | None = None) -> None:
+        self.peers[peer] = _PeerState()  # (no credits on gm: the window is not used)
 
     def _state(self, peer: Hashable) -> _PeerState:
         try:
@@ -175,11 +180,13 @@ class GMEngine(EngineBase):
             req._complete(StatusCode.PEER_LOST, length, 0)
             return req, []
         st = self.peers[peer]
+        self._admit(st)
         self.stats.count_send(self.config.size_class(length), length)
         klass = size_class(length)
         frame = OutFrame(Header(PacketType.GM, length, klass, length, flags=RAW).pack(),
-                         [view] if length else [], length, req)
+                         [view] if length else [], length, req, head=req)
         st.inflight.add(req)
+        self._enqueued(st)
         return req, self._with_token(peer, frame)
 
     # -- convenience (mx-shaped) API -----------------------------------------------------
@@ -192,6 +199,7 @@ class GMEngine(EngineBase):
         n = req.length
         if n > self.config.max_message:
             raise ValueError(f"message of {n} bytes exceeds max_message {self.config.max_message}")
+        self._admit(st)
         total = CONV.size + n
         klass = size_class(total)
         region = self._region(klass)
@@ -206,8 +214,9 @@ class GMEngine(EngineBase):
         self.stats.count_send(self.config.size_class(n), n)
         self.stats.eager_sends += 1
         frame = OutFrame(Header(PacketType.GM, total, klass, total).pack(), [view], total, req,
-                         region=region)
+                         region=region, head=req)
         st.inflight.add(req)
+        self._enqueued(st)
         return req, self._with_token(peer, frame)
 
     def _bounce_in(self, vec: Any, dst: memoryview) -> int:
@@ -263,6 +272,8 @@ class GMEngine(EngineBase):
             frame.region = None
 
     def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
+        if frame.head is not None:
+            self._head_sent(frame.head)
         self._drop_frame(frame)
         if self._holding.pop(id(frame), None) is not None:
             self._give_token()
@@ -306,7 +317,7 @@ class GMEngine(EngineBase):
             return Inbound([region.span(0, n)] if n else [])
         if n < CONV.size:
             raise ProtocolError("GM convenience message shorter than its header")
-        if not self.matcher.has_room(0):  # the queue is full: stall this peer (bounded);
+        if not self.matcher.peer_has_room(peer, 0):  # its share is full: stall this peer;
             return Inbound(paused=True)   # one message may overshoot max_bytes, not more
         region = self._region(klass)
         st.current = (h, (region, None))

@@ -2,6 +2,8 @@
 
 The key never crosses the wire. Either side that finds a problem says why (a REJECT with a
 reason code) and closes; the other side turns that into a ConnectError with the reason.
+Once both agree, each tells the other its credit window (wire.WINDOW): how many messages
+and bytes the peer may have sent it and not yet had matched (protocol.py, flow control).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import trio
 
 from . import wire
+from .config import Config
 from .errors import ConnectError
 from .sockio import PeerGone, recv_exact_into
 
@@ -53,7 +56,23 @@ def _reason(code: int) -> str:
     return wire.REASON_TEXT.get(code, f"rejected (reason {code})")
 
 
-async def client_side(sock: socket.socket, key: bytes, transport: str) -> None:
+def _window(window: tuple[int, int] | None) -> bytes:
+    if window is None:
+        cfg = Config()
+        window = (cfg.unexpected_max_count, cfg.unexpected_max_bytes)
+    return wire.WINDOW.pack(b"WNDW", *window)
+
+
+async def _recv_window(sock: socket.socket) -> tuple[int, int]:
+    magic, count, nbytes = wire.WINDOW.unpack(await _recv(sock, wire.WINDOW.size))
+    if magic != b"WNDW" or count < 1 or nbytes < 1:
+        raise ConnectError("malformed handshake (credit window)")
+    return count, nbytes
+
+
+async def client_side(sock: socket.socket, key: bytes, transport: str,
+                      window: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Returns the credit window the server grants (``window``: the one we grant it)."""
     cn = os.urandom(wire.NONCE_LEN)
     tid = wire.TRANSPORT_IDS[transport]
     await _send_all(sock, wire.HELLO.pack(wire.MAGIC, wire.VERSION, tid, cn))
@@ -75,13 +94,16 @@ async def client_side(sock: socket.socket, key: bytes, transport: str) -> None:
     if not hmac.compare_digest(smac, _mac(key, b"srv", cn, sn)):
         await _reject(sock, 1)
         raise ConnectError("wrong key: the server could not prove it holds the shared secret")
-    await _send_all(sock, wire.AUTH.pack(b"AUTH", _mac(key, b"cli", cn, sn)))
+    await _send_all(sock, wire.AUTH.pack(b"AUTH", _mac(key, b"cli", cn, sn)) + _window(window))
     magic, code = wire.REPLY.unpack(await _recv(sock, wire.REPLY.size))
     if magic != b"OKAY":
         raise ConnectError(f"server refused the connection: {_reason(code)}")
+    return await _recv_window(sock)
 
 
-async def server_side(sock: socket.socket, key: bytes, transport: str) -> None:
+async def server_side(sock: socket.socket, key: bytes, transport: str,
+                      window: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Returns the credit window the client grants (``window``: the one we grant it)."""
     hello = await _recv(sock, wire.HELLO.size)
     magic, version, tid, cn = wire.HELLO.unpack(hello)
     if magic != wire.MAGIC:
@@ -105,4 +127,10 @@ async def server_side(sock: socket.socket, key: bytes, transport: str) -> None:
     if head != b"AUTH" or not hmac.compare_digest(cmac, _mac(key, b"cli", cn, sn)):
         await _reject(sock, 1)
         raise ConnectError("wrong key: the client could not prove it holds the shared secret")
-    await _send_all(sock, wire.REPLY.pack(b"OKAY", 0))
+    try:
+        theirs = await _recv_window(sock)
+    except ConnectError:
+        await _reject(sock, 4)
+        raise
+    await _send_all(sock, wire.REPLY.pack(b"OKAY", 0) + _window(window))
+    return theirs

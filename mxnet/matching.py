@@ -8,6 +8,9 @@ Order: posted receives are tried in the order they were posted; unexpected messa
 kept in arrival order, so messages from one peer match in the order they were sent.
 Exact receives (mask == MASK_ALL) sit in a dict for O(1) lookup; wildcard receives in a
 list; a global sequence number decides which of the two was posted first.
+
+Bounds: ``max_count`` messages and ``max_bytes`` bytes *per peer* (``peer_has_room``), the
+window mx grants each peer as credits; a peer never fills the queue for another.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Matcher(Generic[M]):
     _seq: int = 0
     unexpected_bytes: int = 0
     high_water: int = 0  # most messages ever waiting in the unexpected queue
+    _per_peer: dict[Hashable, list[int]] = field(default_factory=dict)  # peer: [count, bytes]
 
     # -- receives ------------------------------------------------------------------------
     def post(self, match: int, mask: int, peer: Hashable | None, item: Any) -> Unexpected | None:
@@ -83,6 +87,11 @@ class Matcher(Generic[M]):
                 if (peer is None or u.peer == peer) and u.match & mask == match:
                     del self._unexpected[i]
                     self.unexpected_bytes -= u.length
+                    mine = self._per_peer[u.peer]
+                    mine[0] -= 1
+                    mine[1] -= u.length
+                    if not mine[0]:
+                        del self._per_peer[u.peer]
                     return u
         self._seq += 1
         p = Posted(match, mask, peer, item, self._seq)
@@ -151,9 +160,32 @@ class Matcher(Generic[M]):
             if length else self.unexpected_bytes < self.max_bytes
         )
 
+    def peer_has_room(self, peer: Hashable, length: int) -> bool:
+        """Room for one more message of ``length`` bytes from ``peer``? (length 0: a message
+        that holds no bytes here, or one whose length is not known yet.) A peer with nothing
+        queued always has room for one message, however long (else it would wait forever)."""
+        mine = self._per_peer.get(peer)
+        if mine is None:
+            return True
+        count, nbytes = mine
+        if count >= self.max_count:
+            return False
+        return nbytes < self.max_bytes if not length else nbytes + length <= self.max_bytes
+
+    def peer_count(self, peer: Hashable) -> int:
+        """Messages from ``peer`` waiting in the unexpected queue."""
+        mine = self._per_peer.get(peer)
+        return mine[0] if mine is not None else 0
+
     def add_unexpected(self, msg_match: int, peer: Hashable, length: int, item: Any) -> None:
         self._unexpected.append(Unexpected(msg_match, peer, length, item))
         self.unexpected_bytes += length
+        mine = self._per_peer.get(peer)
+        if mine is None:
+            self._per_peer[peer] = [1, length]
+        else:
+            mine[0] += 1
+            mine[1] += length
         self.high_water = max(self.high_water, len(self._unexpected))
 
     def probe(self, match: int, mask: int, peer: Hashable | None = None) -> Unexpected | None:
@@ -173,6 +205,7 @@ class Matcher(Generic[M]):
         kept = deque(u for u in self._unexpected if u.peer != peer)
         self.unexpected_bytes = sum(u.length for u in kept)
         self._unexpected = kept
+        self._per_peer.pop(peer, None)
         doomed = [p.item for p in self._wild if p.peer == peer]
         doomed += [p.item for q in self._exact.values() for p in q if p.peer == peer]
         for item in doomed:

@@ -52,6 +52,7 @@ class Peer:
         self.cancel_scope: trio.CancelScope | None = None
         self.splicer: Splicer | None = None
         self.lost_event = trio.Event()
+        self.send_room = trio.Event()  # set when a full send queue to this peer has room
 
     def __repr__(self) -> str:
         return f"<Peer {self.address}{' lost' if self.lost else ''}>"

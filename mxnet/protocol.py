@@ -31,6 +31,30 @@ messages, and every synchronous send, go by rendezvous:
 Request states: POSTED (receive waiting in the matcher) / PENDING (send queued or waiting
 for PULL/NOTIFY; receive being filled) → DONE with a Status. A receive can be cancelled
 only while POSTED.
+
+Flow control (credits)
+    One TCP stream carries everything from a peer, in order. If the receiver stopped
+    reading because its unexpected queue was full, the DATA of a pull it asked for would
+    wait behind the messages it refuses to read: a receive posted for a rendezvous message
+    already in the queue could never complete. So a receiver never has to stop reading an
+    honest peer: at connect each side grants the other a window (handshake WINDOW: its
+    ``unexpected_max_count`` messages and ``unexpected_max_bytes`` bytes, the per-peer bound
+    of its queue). Every EAGER or RNDV message costs the sender one credit and (EAGER) its
+    length in byte credits; DATA, PULL, NOTIFY and the rest cost nothing. A message without
+    enough credits waits at the sender (``held``, FIFO, so order is kept). The receiver
+    hands credits back (CREDIT frame) once a message is matched — on arrival or when a
+    receive takes it from the queue — in batches of half a window; but while that peer has
+    messages waiting in the queue, at once (owed credits are never sat on while the
+    queue is backed up, which is when a sender may be blocked on them). A blocked sender
+    therefore waits only while the receiver's queue really is full of its unmatched
+    messages. A peer that ignores its credits still meets the old bound: its reader is
+    paused (the shell counts ``pauses``); only that peer can stall.
+
+    Send queue: a peer's messages accepted by isend and not yet written to the socket
+    (waiting for it or for credits) are counted in ``queued``; isend refuses past
+    ``send_buffer_max`` (QueueFull) and the shell's ``send`` waits (``on_send_room``).
+    Engine-made frames (DATA of an accepted send, PULL, NOTIFY, CREDIT, PONG) are not
+    counted: each answers something already bounded.
 """
 
 from __future__ import annotations
@@ -43,7 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .errors import ProtocolError
+from .errors import ProtocolError, QueueFull
 from .matching import MASK_ALL, Matcher, check_match
 from .segments import (
     FileRange,
@@ -67,8 +91,8 @@ _new_status = tuple.__new__
 _SUCCESS = StatusCode.SUCCESS
 
 
-def _ctl(header: bytes) -> OutFrame:
-    return OutFrame(header, [], 0, None, simple=True)
+def _ctl(header: bytes, head: Request | None = None) -> OutFrame:
+    return OutFrame(header, [], 0, None, simple=True, head=head)
 
 
 class Request:
@@ -145,11 +169,11 @@ class Request:
 class OutFrame:
     """A frame to put on the wire: header bytes plus the caller's payload pieces, by identity."""
 
-    __slots__ = ("header", "pieces", "length", "request", "bulk", "region", "simple")
+    __slots__ = ("header", "pieces", "length", "request", "bulk", "region", "simple", "head")
 
     def __init__(self, header: bytes, pieces: list[Piece] | None = None, length: int = 0,
                  request: Request | None = None, bulk: bool = False, region: Any = None,
-                 simple: bool = False) -> None:
+                 simple: bool = False, head: Request | None = None) -> None:
         self.header = header
         self.pieces = pieces if pieces is not None else []
         self.length = length
@@ -157,6 +181,7 @@ class OutFrame:
         self.bulk = bulk  # rendezvous DATA: small frames may overtake it
         self.region = region  # gm: the registered bounce buffer to recycle once sent
         self.simple = simple  # every piece is in memory (no FileRange): the fast path may take it
+        self.head = head  # the send this frame starts: counted in its peer's queue until written
 
     def __repr__(self) -> str:
         return f"<OutFrame {len(self.pieces)} pieces, {self.length} B{' bulk' if self.bulk else ''}>"
@@ -194,6 +219,14 @@ class _PeerState:
     eager_inflight: set[Request] = field(default_factory=set)
     next_handle: int = 1
     current: tuple[Header, Any] | None = None  # the frame whose payload is being read
+    queued: int = 0  # sends accepted and not yet written (send_buffer_max bounds it)
+    # flow control (None: the peer granted no window, e.g. a sans-IO test link — unlimited)
+    window: tuple[int, int] | None = None  # what the peer granted us: messages, bytes
+    credits: int = 0  # messages we may still send it
+    credit_bytes: int = 0  # eager payload bytes we may still send it
+    held: deque[tuple[Request, list[OutFrame], int]] = field(default_factory=deque)
+    owed: int = 0  # its messages matched here, credits not yet handed back
+    owed_bytes: int = 0
 
 
 class EngineBase:
@@ -201,11 +234,36 @@ class EngineBase:
     unexpected queue first) and cancelling one. Requests tell the shell they completed
     through ``on_complete``."""
 
+    config: Config
     matcher: Matcher[Any]
     peers: dict[Hashable, Any]
     stats: Statistics
     on_complete: Callable[[Request], None] | None
     on_room: Callable[[], None] | None
+    on_send_room: Callable[[Hashable], None] | None = None  # a full send queue has room again
+
+    # -- the send queue bound (send_buffer_max) ------------------------------------------
+    def send_queue_length(self, peer: Hashable) -> int:
+        """Sends to ``peer`` accepted and not yet on the wire (waiting for it or credits)."""
+        st = self.peers.get(peer)
+        return st.queued if st is not None else 0
+
+    def _admit(self, st: Any) -> None:
+        if st.queued >= self.config.send_buffer_max:
+            raise QueueFull(f"{st.queued} messages already wait to go to this peer "
+                            f"(send_buffer_max)")
+
+    def _enqueued(self, st: Any) -> None:
+        st.queued += 1
+        if st.queued > self.stats.send_queue_high_water:
+            self.stats.send_queue_high_water = st.queued
+
+    def _head_sent(self, head: Request) -> None:
+        st = self.peers.get(head.peer)
+        if st is not None:
+            st.queued -= 1
+            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
+                self.on_send_room(head.peer)
 
     def _copy_out(self, req: Request, src: memoryview, msg_length: int) -> None:
         """Complete ``req`` with a message kept here (unexpected queue, gm receive buffer),
@@ -286,10 +344,21 @@ class Engine(EngineBase):
         self.on_room: Callable[[], None] | None = None
         self.on_unexpected: Callable[[Status], None] | None = None
         self.waiter: Any = None  # the shell's ``async wait(req, timeout)``
+        self.on_send_room: Callable[[Hashable], None] | None = None
+        # credits go back in batches of half the window we grant; a byte batch must not
+        # exceed what a sender blocked on one more eager message has outstanding
+        count, nbytes = self.config.unexpected_max_count, self.config.unexpected_max_bytes
+        self._return_at = max(1, count // 2)
+        self._return_bytes_at = max(1, min(nbytes // 2, nbytes - self.config.eager_max + 1))
 
     # -- peers ---------------------------------------------------------------------------
-    def add_peer(self, peer: Hashable) -> None:
-        self.peers[peer] = _PeerState()
+    def add_peer(self, peer: Hashable, window: tuple[int, int] | None = None) -> None:
+        """A new connection. ``window``: the credits the peer granted us at the handshake
+        (None: no flow control — the sans-IO tests' links)."""
+        st = self.peers[peer] = _PeerState()
+        if window is not None:
+            st.window = window
+            st.credits, st.credit_bytes = window
 
     def peer_lost(self, peer: Hashable) -> None:
         """Complete everything that depended on ``peer`` with PEER_LOST."""
@@ -333,6 +402,8 @@ class Engine(EngineBase):
         cfg = self.config
         if n > cfg.max_message:
             raise ValueError(f"message of {n} bytes exceeds max_message {cfg.max_message}")
+        if st.queued >= cfg.send_buffer_max:
+            self._admit(st)  # raises QueueFull
         stats = self.stats
         klass = cfg.size_class(n)
         stats.msgs_sent[klass] += 1
@@ -347,11 +418,27 @@ class Engine(EngineBase):
             else:
                 body = piece_list(vec, 0, n)
                 simple = not any(type(p) is FileRange for p in body)
-            return req, [OutFrame(hdr, body, n, req, simple=simple)]
-        self.stats.rendezvous_sends += 1
-        req.handle = self._handle(st)
-        st.sends[req.handle] = req
-        return req, [_ctl(pack_header(PacketType.RNDV, 0, match, n, req.handle))]
+            frames = [OutFrame(hdr, body, n, req, simple=simple, head=req)]
+            cost = n
+        else:
+            stats.rendezvous_sends += 1
+            req.handle = self._handle(st)
+            st.sends[req.handle] = req
+            frames = [_ctl(pack_header(PacketType.RNDV, 0, match, n, req.handle), req)]
+            cost = 0
+        st.queued += 1
+        if st.queued > stats.send_queue_high_water:
+            stats.send_queue_high_water = st.queued
+        if st.window is not None:
+            if st.held or st.credits < 1 or cost > st.credit_bytes:
+                if st.held or not self._take_credit(st, cost):
+                    st.held.append((req, frames, cost))  # no credit: it waits, in order
+                    stats.credit_waits += 1
+                    return req, []
+            else:  # the usual case, inline
+                st.credits -= 1
+                st.credit_bytes -= cost
+        return req, frames
 
     def irecv(self, segments: Any, match: int, mask: int, peer: Hashable | None = None
               ) -> tuple[Request, list[OutFrame]]:
@@ -360,13 +447,15 @@ class Engine(EngineBase):
             return req, []
         self._room()
         item = u.item
+        st = self.peers[u.peer]
         if isinstance(item, _UnexpectedRndv):
-            return req, self._start_pull(u.peer, req, item.send_handle, item.msg_length)
+            frames = self._start_pull(u.peer, req, item.send_handle, item.msg_length)
+            return req, frames + self._owe(u.peer, st, 0)
         if item.complete:
             self._deliver_unexpected(req, item.buf)
         else:
             item.taker = req  # still arriving: delivered in receive_done
-        return req, []
+        return req, self._owe(u.peer, st, u.length)
 
     def probe(self, match: int, mask: int, peer: Hashable | None = None) -> Status | None:
         u = self.matcher.probe(match, mask, peer)
@@ -379,15 +468,22 @@ class Engine(EngineBase):
     def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
         """The shell wrote ``frame`` completely; ``short`` file bytes were zero-filled."""
         req = frame.request
-        if req is None:
+        head = frame.head
+        if head is None:  # rendezvous DATA (or a control frame)
+            if req is not None and short:
+                req.short += short
+            return
+        st = self.peers.get(head.peer)
+        if st is not None:  # the send leaves the peer's queue
+            st.queued -= 1
+            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
+                self.on_send_room(head.peer)
+            if req is not None:
+                st.eager_inflight.discard(req)
+        if req is None:  # RNDV: completes on NOTIFY
             return
         if short:
             req.short += short
-        if frame.bulk:
-            return
-        st = self.peers.get(req.peer)
-        if st is not None:
-            st.eager_inflight.discard(req)
         if req.short:
             req._complete(StatusCode.SHORT_SOURCE, req.length, req.length - req.short)
         else:
@@ -419,7 +515,7 @@ class Engine(EngineBase):
             if target is None and self.on_unexpected is not None:
                 self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.a, h.b, 0))
                 target = self.matcher.arrive(h.a, peer)
-            if target is None and not self.matcher.has_room(0):
+            if target is None and not self.matcher.peer_has_room(peer, 0):
                 return Inbound(paused=True)
         st.current = (h, target)
         return Inbound()
@@ -437,7 +533,7 @@ class Engine(EngineBase):
             st.current = (h, req)
             take = min(n, req.length)
             return Inbound(piece_list(req.vec, 0, take), n - take)
-        if not self.matcher.has_room(n):
+        if not self.matcher.peer_has_room(peer, n):
             return Inbound(paused=True)
         item = _UnexpectedEager(bytearray(n))
         self.matcher.add_unexpected(h.a, peer, n, item)
@@ -470,11 +566,18 @@ class Engine(EngineBase):
                 take = min(h.length, target.length)
                 code = StatusCode.TRUNCATED if take < h.length else StatusCode.SUCCESS
                 target._complete(code, h.length, take)
-            else:
-                target.complete = True
-                if target.taker is not None:
-                    self._deliver_unexpected(target.taker, target.buf)
-            return []
+                if st.window is None:
+                    return []
+                st.owed += 1  # (_owe, inline: this runs for every message)
+                st.owed_bytes += h.length
+                if (st.owed < self._return_at and st.owed_bytes < self._return_bytes_at
+                        and peer not in self.matcher._per_peer):
+                    return []
+                return self._credit(st)
+            target.complete = True
+            if target.taker is not None:
+                self._deliver_unexpected(target.taker, target.buf)
+            return self._owed_now(peer, st)
         if t is PacketType.DATA:
             req = target
             req.received += h.length
@@ -490,9 +593,9 @@ class Engine(EngineBase):
             if req is None:
                 self.matcher.add_unexpected(h.a, peer, 0, _UnexpectedRndv(h.c, h.b))
                 self.stats.unexpected_high_water = self.matcher.high_water
-                return []
+                return self._owed_now(peer, st)
             req.peer, req.match = peer, h.a
-            return self._start_pull(peer, req, h.c, h.b)
+            return self._start_pull(peer, req, h.c, h.b) + self._owe(peer, st, 0)
         if t is PacketType.PULL:
             return self._pulled(st, h)
         if t is PacketType.NOTIFY:
@@ -502,11 +605,61 @@ class Engine(EngineBase):
             code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
             req._complete(code, req.length, h.b)
             return []
+        if t is PacketType.CREDIT:
+            return self._credited(st, h.a, h.b)
         if t is PacketType.PING:
             return [_ctl(_PONG)]
         if t in (PacketType.PONG, PacketType.BYE):
             return []
         raise ProtocolError(f"unexpected {t.name} frame on an mx connection")
+
+    # -- flow control --------------------------------------------------------------------
+    def _take_credit(self, st: _PeerState, cost: int) -> bool:
+        """Spend one message credit and ``cost`` byte credits, if there are enough. (A
+        message longer than the whole byte window goes when every byte credit is back.)"""
+        if st.credits < 1:
+            return False
+        if cost > st.credit_bytes and st.credit_bytes < st.window[1]:  # type: ignore[index]
+            return False
+        st.credits -= 1
+        st.credit_bytes -= min(cost, st.credit_bytes)
+        return True
+
+    def _credited(self, st: _PeerState, count: int, nbytes: int) -> list[OutFrame]:
+        """The peer handed credits back: send what waited for them, in order."""
+        if st.window is None:
+            return []
+        st.credits = min(st.window[0], st.credits + count)
+        st.credit_bytes = min(st.window[1], st.credit_bytes + nbytes)
+        frames: list[OutFrame] = []
+        held = st.held
+        while held and self._take_credit(st, held[0][2]):
+            frames += held.popleft()[1]
+        return frames
+
+    def _owe(self, peer: Hashable, st: _PeerState, nbytes: int) -> list[OutFrame]:
+        """A message from ``peer`` (``nbytes`` of byte credits) was matched: its credits go
+        back in a batch of half a window — or now, while that peer has messages waiting in
+        the unexpected queue (its sender may be blocked on exactly these)."""
+        if st.window is None:
+            return []
+        st.owed += 1
+        st.owed_bytes += nbytes
+        if (st.owed < self._return_at and st.owed_bytes < self._return_bytes_at
+                and not self.matcher.peer_count(peer)):
+            return []
+        return self._credit(st)
+
+    def _owed_now(self, peer: Hashable, st: _PeerState) -> list[OutFrame]:
+        """A message from ``peer`` joined the unexpected queue: what we still owe goes now."""
+        if st.owed and self.matcher.peer_count(peer):
+            return self._credit(st)
+        return []
+
+    def _credit(self, st: _PeerState) -> list[OutFrame]:
+        frame = _ctl(pack_header(PacketType.CREDIT, 0, st.owed, st.owed_bytes))
+        st.owed = st.owed_bytes = 0
+        return [frame]
 
     # -- rendezvous ----------------------------------------------------------------------
     def _start_pull(self, peer: Hashable, req: Request, send_handle: int, msg_length: int

@@ -23,6 +23,9 @@ class Statistics:
     registered_now: int = 0  # gm: bytes registered at present
     unexpected_high_water: int = 0
     unexpected_now: int = 0
+    pauses: int = 0  # times a reader stopped reading a peer (its share of the queue was full)
+    credit_waits: int = 0  # mx: sends that waited for credits before going on the wire
+    send_queue_high_water: int = 0  # most sends ever waiting to go to one peer (send_buffer_max)
     peers_connected: int = 0
     peers_lost: int = 0
     handshake_failures: int = 0

@@ -17,6 +17,7 @@ followed by ``length`` payload bytes for the packet types that carry data:
     PULL    a=receiver handle  b=sender handle  c=bytes wanted (<= msg_length)
     DATA    a=receiver handle  b=offset in message  (payload: length bytes)
     NOTIFY  a=sender handle    b=bytes delivered
+    CREDIT  a=messages b=bytes  credits handed back to the sender (mx flow control)
     PING / PONG / BYE  no fields
     GM      a=size class b=msg_length (payload: length bytes; GM has no match info)
 
@@ -24,7 +25,9 @@ The handshake (before any frame):
     client → HELLO      magic "MXNT", version, transport, client nonce
     server → CHALLENGE  magic, version, transport, server nonce, HMAC(key, "srv"|cn|sn)
     client → AUTH       HMAC(key, "cli"|cn|sn)      (or REJECT with a reason)
+    client → WINDOW     the credit window the client grants: messages, bytes
     server → WELCOME    (or REJECT with a reason)
+    server → WINDOW     the credit window the server grants
 The key never crosses the wire; each side proves it holds it.
 """
 
@@ -35,7 +38,7 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"MXNT"
-VERSION = 1
+VERSION = 2  # 2: WINDOW in the handshake, CREDIT frames
 NONCE_LEN = 16
 MAC_LEN = 32
 
@@ -53,6 +56,7 @@ class PacketType(enum.IntEnum):
     PONG = 7
     BYE = 8
     GM = 9
+    CREDIT = 10
 
 
 CARRIES_PAYLOAD = frozenset({PacketType.EAGER, PacketType.DATA, PacketType.GM})
@@ -106,6 +110,7 @@ HELLO = struct.Struct("<4sHB16s")  # magic, version, transport id, client nonce
 CHALLENGE = struct.Struct("<4sHB16s32s")  # magic, version, transport id, server nonce, server mac
 AUTH = struct.Struct("<4s32s")  # b"AUTH", client mac
 REPLY = struct.Struct("<4sB")  # b"OKAY" / b"NOPE", reason code
+WINDOW = struct.Struct("<4sIQ")  # b"WNDW", messages, bytes a peer may have unmatched here
 REASON_TEXT = {
     0: "ok",
     1: "wrong key (HMAC check failed)",

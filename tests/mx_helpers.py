@@ -40,16 +40,24 @@ def write_piece(p: Any, data: bytes) -> None:
         p[:] = data
 
 
+def _window(engine: Any) -> tuple[int, int]:
+    return engine.config.unexpected_max_count, engine.config.unexpected_max_bytes
+
+
 class Link:
     """Two engines connected by an in-memory FIFO. Engine ``a`` knows its peer as "B",
     engine ``b`` knows its peer as "A". Frames are delivered one at a time by ``step``;
     the pump copies bytes (the harness may, the engines may not)."""
 
-    def __init__(self, a: Any = None, b: Any = None) -> None:
+    def __init__(self, a: Any = None, b: Any = None, credits: bool = False) -> None:
         self.a = a if a is not None else Engine()
         self.b = b if b is not None else Engine()
-        self.a.add_peer("B")
-        self.b.add_peer("A")
+        if credits:  # as after a handshake: each side learns the window the other grants
+            self.a.add_peer("B", _window(self.b))
+            self.b.add_peer("A", _window(self.a))
+        else:
+            self.a.add_peer("B")
+            self.b.add_peer("A")
         self.queue: deque[tuple[str, OutFrame]] = deque()  # (sender name, frame)
         self.delivered: list[tuple[str, Any]] = []  # (sender name, Header)
 
