@@ -44,8 +44,8 @@ class CorruptingProxy:
                 return
             server = socket.create_connection(self.target)
             self._socks += [client, server]
-            skip_c2s = wire.HELLO.size + wire.AUTH.size
-            skip_s2c = wire.CHALLENGE.size + wire.REPLY.size
+            skip_c2s = wire.HELLO.size + wire.AUTH.size + wire.WINDOW.size
+            skip_s2c = wire.CHALLENGE.size + wire.REPLY.size + wire.WINDOW.size
             threading.Thread(target=self._pump, args=(client, server, "c2s", skip_c2s),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, "s2c", skip_s2c),
