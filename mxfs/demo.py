@@ -79,7 +79,8 @@ def start() -> int:
     port = _free_port_pair()
     log = open(LOG, "w")
     srv = subprocess.Popen([sys.executable, "-m", "server", str(EXPORT), "--listen",
-                            f"127.0.0.1:{port}", "--secret-file", str(SECRET)],
+                            f"127.0.0.1:{port}", "--secret-file", str(SECRET),
+                            "-o", "no_root_squash"],  # the demo's own files, as its user
                            stdout=subprocess.PIPE, stderr=log, text=True,
                            start_new_session=True)
     assert srv.stdout is not None

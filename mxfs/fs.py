@@ -12,6 +12,13 @@ so close-to-open holds for readers elsewhere. On open the file's fresh size/mtim
 with the handle; the page cache is dropped (keep_cache=False) and, if they changed, the
 kernel's cached attributes are invalidated so the new size is seen at once.
 
+Credentials: every request that names a file or opens one carries the caller's uid, gid and
+groups (callers.py), and the server performs it as that user: the client's kernel checks
+(default_permissions) are only a first, cached check. An open file remembers its opener's
+credentials for reopening it after a reconnect. A change through an open file (fchmod,
+fchown, futimens, f*xattr: the kernel sends no handle with them) goes through one of the
+inode's open handles when it has one, so it works on a file that was unlinked while open.
+
 Every handler goes through `_guard`: whatever goes wrong becomes a FUSEError, because any other
 exception escaping a handler would end pyfuse3.main and the mount.
 """
@@ -25,6 +32,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,10 +41,11 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError
 
+from .callers import Callers
 from .inodes import ROOT_INODE, InodeTable, StaleInode
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
-from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, Op, StatTuple
+from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, TIME_NOW, Cred, Op, StatTuple
 from .writeback import (
     APPEND_MAX,
     MAX_AGE,
@@ -55,6 +64,7 @@ STATS_XATTR = b"user.mxfs.stats"
 CAPABILITY = b"security.capability"
 DOTS = 2  # readdir offsets 1 and 2 are "." and ".."
 _REOPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+NOW_WINDOW_NS = 500_000_000  # pyfuse3 turns utimensat's UTIME_NOW into its clock's "now"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -83,6 +93,7 @@ class OpenFile:
     hid: int
     epoch: int
     fh: int = 0  # the kernel's handle for it (key in MxfsOperations.files)
+    cred: Cred | None = None  # who opened it (reopened as that user after a reconnect)
     lock: trio.Lock = field(default_factory=trio.Lock)
     wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
     seen: Cursor = field(default_factory=lambda: Cursor(0, 0, 0))  # of its inode's errors
@@ -97,6 +108,7 @@ class OpenDir:
     ino: int
     hid: int
     epoch: int
+    cred: Cred | None = None
     # entries fetched but not yet taken by the kernel: (own offset, name, next offset, stat)
     buffered: list[tuple[int, bytes, int, StatTuple]] = field(default_factory=list)
     eof_after_buffer: bool = False
@@ -123,6 +135,7 @@ class MxfsOperations(pyfuse3.Operations):
         self.werr = WriteErrors()  # failed write-behind and unsynced data, per inode
         self._senders: trio.Nursery | None = None  # where write-behind runs travel
         self._no_cap: dict[int, float] = {}  # inode -> until when it has no file capability
+        self.callers = Callers()
         # inode -> (until when, its attributes right after our last change of it): the kernel
         # drops a directory's attributes after every create/unlink/rename in it, and a file's
         # after every write, and asks again (permission check, fchmod/futimens after a write);
@@ -167,6 +180,23 @@ class MxfsOperations(pyfuse3.Operations):
         if ino is not None:
             self._after.pop(ino, None)
 
+    def _cred(self, ctx: Any) -> Cred | None:
+        """The caller's credentials (None: no context, the mount process's own are sent)."""
+        return None if ctx is None else self.callers.cred(ctx)
+
+    def _open_file_of(self, ino: int) -> OpenFile | None:
+        """One of this inode's open files (of the current connection if any): changes through
+        an fd (fchmod, fsetxattr...) reach the file itself, even unlinked, through it."""
+        node = self.inodes._inodes.get(ino)
+        found = None
+        for fh in node.handles if node is not None else ():
+            f = self.files.get(fh)
+            if f is not None:
+                if f.epoch == self.rpc.epoch:
+                    return f
+                found = found or f
+        return found
+
     def _path(self, ino: int) -> bytes:
         try:
             return self.inodes.path(ino)
@@ -182,7 +212,8 @@ class MxfsOperations(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT) from None
 
     async def _with_file(self, f: OpenFile, op: Op, *args: Any, **kw: Any) -> Any:
-        """Call *op* with the file's server handle first, reopening it after a reconnect."""
+        """Call *op* with the file's server handle first, reopening it after a reconnect
+        (keyword arguments, cred= among them, go to rpc.call)."""
         for _ in range(3):
             if f.epoch != self.rpc.epoch:
                 await self._reopen(f)
@@ -198,7 +229,7 @@ class MxfsOperations(pyfuse3.Operations):
                 return
             epoch = self.rpc.epoch
             path = self._path(f.ino)
-            hid, _ = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP)
+            hid, _ = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP, cred=f.cred)
             f.hid, f.epoch = hid, epoch
             log.info("reopened %r after reconnect", path)
 
@@ -218,22 +249,23 @@ class MxfsOperations(pyfuse3.Operations):
     # -- metadata ------------------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
+        cred = self._cred(ctx)
         if name == b".":
-            st = await self.rpc.call(Op.GETATTR, self._path(parent_inode))
+            st = await self.rpc.call(Op.GETATTR, self._path(parent_inode), cred=cred)
             self.inodes.get(parent_inode).nlookup += 1
             return self._entry(parent_inode, st)
         if name == b"..":
             node = self.inodes.get(parent_inode)
             target = node.parent if node.parent else ROOT_INODE
-            st = await self.rpc.call(Op.GETATTR, self._path(target))
+            st = await self.rpc.call(Op.GETATTR, self._path(target), cred=cred)
             self.inodes.get(target).nlookup += 1
             return self._entry(target, st)
         path = self._child(parent_inode, name)
-        st = await self.rpc.call(Op.GETATTR, path)
+        st = await self.rpc.call(Op.GETATTR, path, cred=cred)
         entry = self._learn(parent_inode, name, st)
         if self._has_run(entry.st_ino):  # its size must include what we hold
             await self._settle_inode(entry.st_ino)
-            entry = self._entry(entry.st_ino, await self.rpc.call(Op.GETATTR, path))
+            entry = self._entry(entry.st_ino, await self.rpc.call(Op.GETATTR, path, cred=cred))
         return entry
 
     def _has_run(self, ino: int) -> bool:
@@ -264,7 +296,7 @@ class MxfsOperations(pyfuse3.Operations):
                     return self._entry(inode, st)
                 except StaleEpoch:
                     break
-        st = await self.rpc.call(Op.GETATTR, self._path(inode))
+        st = await self.rpc.call(Op.GETATTR, self._path(inode), cred=self._cred(ctx))
         return self._entry(inode, st)
 
     @_guard
@@ -272,48 +304,57 @@ class MxfsOperations(pyfuse3.Operations):
                       ctx: Any) -> EntryAttributes:
         self._after.pop(inode, None)  # (a setattr that fails half-way leaves them old)
         await self._settle_inode(inode)
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if (atime is not None and atime == mtime
+                and abs(time.time_ns() - atime) < NOW_WINDOW_NS):
+            atime = mtime = TIME_NOW  # touch / utimensat(NULL): write permission suffices
         args = [
             attr.st_mode if fields.update_mode else None,
             attr.st_uid if fields.update_uid else None,
             attr.st_gid if fields.update_gid else None,
             attr.st_size if fields.update_size else None,
-            attr.st_atime_ns if fields.update_atime else None,
-            attr.st_mtime_ns if fields.update_mtime else None,
+            atime,
+            mtime,
         ]
+        cred = self._cred(ctx)
         f = self.files.get(fh) if fh is not None else None
+        if f is None and not fields.update_size:  # fchmod, fchown, futimens come without fh
+            f = self._open_file_of(inode)
         if f is not None:
-            st = await self._with_file_setattr(f, args)
+            st = await self._with_file_setattr(f, args, cred)
         else:
-            st = await self.rpc.call(Op.SETATTR, self._path(inode), None, *args)
+            st = await self.rpc.call(Op.SETATTR, self._path(inode), None, *args, cred=cred)
         entry = self._entry(inode, st)
         self._changed(inode, st)  # the kernel often asks for them again right away
         return entry
 
-    async def _with_file_setattr(self, f: OpenFile, args: list[Any]) -> StatTuple:
+    async def _with_file_setattr(self, f: OpenFile, args: list[Any],
+                                 cred: Cred | None) -> StatTuple:
         for _ in range(3):
             hid, epoch = await self._fresh_handle(f)
             try:
-                return await self.rpc.call(Op.SETATTR, b"", hid, *args, epoch=epoch)
+                return await self.rpc.call(Op.SETATTR, b"", hid, *args, epoch=epoch, cred=cred)
             except StaleEpoch:
                 continue
         raise FUSEError(errno.EIO)
 
     @_guard
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return await self.rpc.call(Op.READLINK, self._path(inode))
+        return await self.rpc.call(Op.READLINK, self._path(inode), cred=self._cred(ctx))
 
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
-                                      ctx.uid, ctx.gid)
+                                      cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
-                                      ctx.uid, ctx.gid)
+                                      cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
@@ -321,7 +362,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
-                                      ctx.uid, ctx.gid)
+                                      cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         return self._learn(parent_inode, name, st)
 
@@ -329,20 +370,23 @@ class MxfsOperations(pyfuse3.Operations):
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: Any) -> EntryAttributes:
         st, pst = await self.rpc.call(Op.LINK, self._path(inode),
-                                      self._child(new_parent_inode, new_name))
+                                      self._child(new_parent_inode, new_name),
+                                      cred=self._cred(ctx))
         self._changed(new_parent_inode, pst)
         return self._learn(new_parent_inode, new_name, st)
 
     @_guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name))
+        pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name),
+                                  cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         self._forget_after(parent_inode, name)  # its link count just dropped
         self.inodes.removed(parent_inode, name)
 
     @_guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name))
+        pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name),
+                                  cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         self.inodes.removed(parent_inode, name)
 
@@ -355,7 +399,8 @@ class MxfsOperations(pyfuse3.Operations):
         if flags & pyfuse3.RENAME_EXCHANGE:
             wire |= RENAME_EXCHANGE
         spst, dpst = await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
-                                         self._child(parent_inode_new, name_new), wire)
+                                         self._child(parent_inode_new, name_new), wire,
+                                         cred=self._cred(ctx))
         self._changed(parent_inode_old, spst)
         self._changed(parent_inode_new, dpst)
         self._forget_after(parent_inode_new, name_new)  # a replaced file lost a link
@@ -372,11 +417,12 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
-        await self.rpc.call(Op.ACCESS, self._path(inode), mode)
+        await self.rpc.call(Op.ACCESS, self._path(inode), mode, cred=self._cred(ctx))
         return True
 
     # -- files ---------------------------------------------------------------------------------
-    def _opened(self, ino: int, flags: int, hid: int, st: StatTuple) -> FileInfo:
+    def _opened(self, ino: int, flags: int, hid: int, st: StatTuple,
+                cred: Cred | None) -> FileInfo:
         node = self.inodes.get(ino)
         if (node.size, node.mtime_ns) != (st[7], st[11]):
             try:  # the file changed elsewhere: make the kernel fetch fresh attributes (size)
@@ -386,25 +432,28 @@ class MxfsOperations(pyfuse3.Operations):
             node.size, node.mtime_ns = st[7], st[11]
         self._changed(ino, st)  # fresh from the server: answers that fetch, and drops older ones
         fh = next(self._fh)
-        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh, seen=self.werr.sample(ino))
+        self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh, cred,
+                                  seen=self.werr.sample(ino))
         self.inodes.opened(ino, fh)
         return FileInfo(fh=fh, keep_cache=False)
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
-        hid, st = await self.rpc.call(Op.OPEN, self._path(inode), flags)
-        return self._opened(inode, flags, hid, st)
+        cred = self._cred(ctx)
+        hid, st = await self.rpc.call(Op.OPEN, self._path(inode), flags, cred=cred)
+        return self._opened(inode, flags, hid, st, cred)
 
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[FileInfo, EntryAttributes]:
+        cred = self._cred(ctx)
         hid, st, pst, created = await self.rpc.call(
-            Op.CREATE, self._child(parent_inode, name), flags, mode, ctx.uid, ctx.gid)
+            Op.CREATE, self._child(parent_inode, name), flags, mode, cred=cred)
         self._changed(parent_inode, pst)
         entry = self._learn(parent_inode, name, st)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self._no_capability(entry.st_ino)
-        return self._opened(entry.st_ino, flags, hid, st), entry
+        return self._opened(entry.st_ino, flags, hid, st, cred), entry
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -634,16 +683,17 @@ class MxfsOperations(pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------------
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
-        hid = await self.rpc.call(Op.OPENDIR, self._path(inode))
+        cred = self._cred(ctx)
+        hid = await self.rpc.call(Op.OPENDIR, self._path(inode), cred=cred)
         fh = next(self._fh)
-        self.dirs[fh] = OpenDir(inode, hid, self.rpc.epoch)
+        self.dirs[fh] = OpenDir(inode, hid, self.rpc.epoch, cred)
         return fh
 
     async def _dir_call(self, d: OpenDir, op: Op, *args: Any) -> Any:
         for _ in range(3):
             if d.epoch != self.rpc.epoch:
                 epoch = self.rpc.epoch
-                d.hid = await self.rpc.call(Op.OPENDIR, self._path(d.ino))
+                d.hid = await self.rpc.call(Op.OPENDIR, self._path(d.ino), cred=d.cred)
                 d.epoch = epoch
             try:
                 return await self.rpc.call(op, d.hid, *args, epoch=d.epoch)
@@ -725,7 +775,7 @@ class MxfsOperations(pyfuse3.Operations):
         if name == CAPABILITY and self._no_cap.get(inode, 0.0) > trio.current_time():
             raise FUSEError(pyfuse3.ENOATTR)
         try:
-            return await self.rpc.call(Op.GETXATTR, self._path(inode), name)
+            return await self._xattr_call(inode, ctx, Op.GETXATTR, Op.FGETXATTR, name)
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 if name == CAPABILITY:
@@ -745,17 +795,27 @@ class MxfsOperations(pyfuse3.Operations):
         if inode == ROOT_INODE and name == STATS_XATTR:
             raise FUSEError(errno.EPERM)
         self._no_cap.pop(inode, None)
-        await self.rpc.call(Op.SETXATTR, self._path(inode), name, value, 0)
+        await self._xattr_call(inode, ctx, Op.SETXATTR, Op.FSETXATTR, name, value, 0)
 
     @_guard
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return await self.rpc.call(Op.LISTXATTR, self._path(inode))
+        return await self._xattr_call(inode, ctx, Op.LISTXATTR, Op.FLISTXATTR)
+
+    async def _xattr_call(self, inode: int, ctx: Any, by_path: Op, by_handle: Op,
+                          *args: Any) -> Any:
+        """An xattr op through an open file of the inode if it has one (the file itself,
+        even unlinked), else by path; as the caller either way."""
+        cred = self._cred(ctx)
+        f = self._open_file_of(inode)
+        if f is not None:
+            return await self._with_file(f, by_handle, *args, cred=cred)
+        return await self.rpc.call(by_path, self._path(inode), *args, cred=cred)
 
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._no_cap.pop(inode, None)
         try:
-            await self.rpc.call(Op.REMOVEXATTR, self._path(inode), name)
+            await self._xattr_call(inode, ctx, Op.REMOVEXATTR, Op.FREMOVEXATTR, name)
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 raise FUSEError(pyfuse3.ENOATTR) from None

@@ -56,6 +56,7 @@ def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
 
 def fuse_options(opts: MountOptions) -> set[str]:
     out = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    out.add("nodev")  # device nodes on the export are not devices of this machine
     out.add(f"fsname={opts.host}:{opts.port}")
     out.add("subtype=mxfs")
     if opts.ro:

@@ -22,6 +22,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +35,7 @@ import mxnet
 from .bufpool import BufferPool
 from .rpcproto import (
     CHECKSUM_MISMATCH,
+    CRED_OPS,
     INLINE_MAX,
     LARGE_REPLY_OPS,
     MASK_ALL,
@@ -41,6 +43,7 @@ from .rpcproto import (
     READ_HDR,
     REPLY_LARGE,
     REPLY_SMALL,
+    Cred,
     Kind,
     Op,
     ProtocolError,
@@ -84,6 +87,8 @@ class RpcClient:
         self.checksum_mismatches = 0
         self.checksum_failures = 0  # mismatched twice: EIO
         self.reconnects = 0
+        # who asks when a call names no caller: this process (tests, the mount's own calls)
+        self.own_cred: Cred = [os.geteuid(), os.getegid(), *os.getgroups()]
         self._rids = itertools.count(1)
         self.buffers = BufferPool()
         self._pending: dict[int, float] = {}  # rid -> deadline, for calls awaiting an answer
@@ -200,8 +205,9 @@ class RpcClient:
 
     # -- calls ---------------------------------------------------------------------------------
     async def call(self, op: Op, *args: Any, epoch: int | None = None, inline: Any = None,
-                   wdata: Any = None) -> Any:
-        """Send one request and return its result; raise RpcError(errno) on failure."""
+                   wdata: Any = None, cred: Cred | None = None) -> Any:
+        """Send one request and return its result; raise RpcError(errno) on failure.
+        An op in CRED_OPS acts as *cred* (default: this process's own ids)."""
         deadline = trio.current_time() + self.timeout
         peer = self.peer if self.peer is not None else await self._wait_peer(deadline)
         if epoch is not None and epoch != self.epoch:
@@ -215,7 +221,9 @@ class RpcClient:
             rx = ep.irecv([mxnet.user(reply_buf)], make_match(Kind.REPLY, rid), MASK_ALL,
                           peer=peer)
             posted.append(rx)
-            segs = [mxnet.user(encode_request(op, *args))]
+            if cred is None and op in CRED_OPS:
+                cred = self.own_cred
+            segs = [mxnet.user(encode_request(op, *args, cred=cred))]
             if inline is not None:
                 segs += [mxnet.user(p) for p in _parts(inline) if len(p)]
             # sends need no wait: their segments stay referenced by the requests, a lost peer

@@ -10,7 +10,7 @@ The client picks rids (unique per connection); the server filters by peer, so ri
 clients never meet.
 
     REQ    client -> server   [u32 header length][msgpack header][inline write data]
-                              header = [op, arg...]. The server keeps REQ_SLOTS receives
+                              header = [op, cred, arg...]. The server keeps REQ_SLOTS receives
                               posted (match REQ<<56, mask KIND_MASK) of REQ_BUF_SIZE bytes,
                               so a write of <= INLINE_MAX bytes travels inside the request and
                               is written with os.pwrite(fd, memoryview-slice): no copy.
@@ -28,6 +28,12 @@ clients never meet.
                               A WRITE [hid, off, n, hash] carries the data's xxh3-64: the
                               server checks what landed and answers EBADMSG if it differs.
 
+Who asks: every operation in CRED_OPS (those that name a file by path, open one, or change
+one through a handle) carries the caller's credentials as ``cred = [uid, gid, group...]``
+(at most MAX_GROUPS supplementary groups); other operations carry nil. The server acts with
+them (server/creds.py), after squashing them as its export options say (server/exports.py).
+An op in CRED_OPS that arrives without credentials is served as the anonymous user.
+
 Paths are bytes, "/"-separated and relative to the export root (b"" is the root). Stats
 travel as the tuple STAT_FIELDS. Nothing here does I/O.
 """
@@ -44,7 +50,9 @@ import msgpack
 
 # 2: namespace changes answer with the parent directory's post-op attributes
 # 3: READ_HDR carries a checksum; WRITE may; PING tells the server's write verifier
-PROTOCOL_VERSION = 3
+# 4: every request carries the caller's credentials (nil when the op needs none); no uid/gid
+#    arguments on CREATE/MKNOD/MKDIR/SYMLINK; handle-based xattr ops; SETATTR times "now"
+PROTOCOL_VERSION = 4
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
@@ -87,6 +95,10 @@ class Op(enum.IntEnum):
     REMOVEXATTR = 25
     ACCESS = 26
     STATS = 27
+    FGETXATTR = 28
+    FSETXATTR = 29
+    FLISTXATTR = 30
+    FREMOVEXATTR = 31
 
 
 EAGER_LIMIT = 32 * 1024           # mxnet sends messages up to this size eagerly
@@ -102,7 +114,19 @@ MAX_READ = 16 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
-LARGE_REPLY_OPS = frozenset({Op.READDIR, Op.GETXATTR, Op.LISTXATTR, Op.STATS, Op.READLINK})
+LARGE_REPLY_OPS = frozenset({Op.READDIR, Op.GETXATTR, Op.LISTXATTR, Op.STATS, Op.READLINK,
+                             Op.FGETXATTR, Op.FLISTXATTR})
+
+# operations performed as the caller: the request carries its credentials
+CRED_OPS = frozenset({
+    Op.GETATTR, Op.SETATTR, Op.READLINK, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK,
+    Op.RMDIR, Op.RENAME, Op.OPEN, Op.CREATE, Op.OPENDIR, Op.GETXATTR, Op.SETXATTR,
+    Op.LISTXATTR, Op.REMOVEXATTR, Op.ACCESS, Op.FGETXATTR, Op.FSETXATTR, Op.FLISTXATTR,
+    Op.FREMOVEXATTR,
+})
+MAX_GROUPS = 1024  # supplementary groups carried per request (Linux allows 65536)
+Cred = list[int]  # [uid, gid, group...]
+TIME_NOW = "now"  # a SETATTR time: the server's current time (write permission suffices)
 
 STAT_FIELDS = (
     "st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
@@ -139,9 +163,9 @@ def stat_dict(t: StatTuple) -> dict[str, int]:
     return dict(zip(STAT_FIELDS, t, strict=True))
 
 
-def encode_request(op: Op, *args: Any) -> bytes:
+def encode_request(op: Op, *args: Any, cred: Cred | None = None) -> bytes:
     """The REQ header segment (length prefix included); inline data goes in a second segment."""
-    body = msgpack.packb([int(op), *args], use_bin_type=True)
+    body = msgpack.packb([int(op), cred, *args], use_bin_type=True)
     return _HLEN.pack(len(body)) + body
 
 
@@ -156,8 +180,9 @@ def _unpack(buf: memoryview | bytes, what: str) -> Any:
         raise ProtocolError(f"malformed {what}: {e}") from None  # an unhashable map key...
 
 
-def decode_request(buf: memoryview) -> tuple[int, list[Any], memoryview]:
-    """Split a received REQ message into (op, args, inline-data view). No payload copy."""
+def decode_request(buf: memoryview) -> tuple[int, Any, list[Any], memoryview]:
+    """Split a received REQ message into (op, cred, args, inline-data view). No payload copy.
+    The credentials are returned as they came (server/exports.py checks them)."""
     if len(buf) < _HLEN.size:
         raise ProtocolError("short request")
     (hlen,) = _HLEN.unpack_from(buf)
@@ -165,9 +190,9 @@ def decode_request(buf: memoryview) -> tuple[int, list[Any], memoryview]:
     if end > len(buf):
         raise ProtocolError("request header overruns message")
     header = _unpack(buf[_HLEN.size:end], "request header")
-    if not isinstance(header, list) or not header or not isinstance(header[0], int):
+    if not isinstance(header, list) or len(header) < 2 or not isinstance(header[0], int):
         raise ProtocolError("malformed request header")
-    return header[0], header[1:], buf[end:]
+    return header[0], header[1], header[2:], buf[end:]
 
 
 def encode_reply(err: int, result: Any = None) -> bytes:

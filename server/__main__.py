@@ -1,9 +1,10 @@
-"""mxfs-server EXPORT_DIR --listen HOST:PORT --secret-file FILE [--transport both|mx|gm]
+"""mxfs-server EXPORT_DIR --listen HOST:PORT --secret-file FILE [--transport both|mx|gm] [-o OPTS]
 
 Serves one export to many clients. mxnet endpoints speak one transport each, so by default the
 server listens for mx clients on PORT and for gm clients on PORT+1 (clients mounting with
 transport=gm find it there by themselves). Prints one line "mxfs-server: listening on
-HOST:PORT ..." on stdout once it accepts connections.
+HOST:PORT ..." on stdout once it accepts connections. Export options (-o) as NFS's:
+server/exports.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from mxfs.options import OptionError, parse_address
 from mxfs.rpc import leaf_exception
 
 from .confine import Export
+from .creds import prepare_process
+from .exports import ExportOptionError, ExportOptions, parse_export_options
 from .handles import HandleTable
 from .ops import FileServer
 from .service import Service
@@ -67,8 +70,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="transports to serve; with both, gm listens on PORT+1 (default both)")
     p.add_argument("--max-handles", type=_positive_int, default=4096,
                    help="open handles per client, at least 1 (default %(default)s)")
+    p.add_argument("-o", dest="export_options", action="append", default=[], metavar="OPTS",
+                   help="export options, as NFS's: root_squash (default), no_root_squash, "
+                        "all_squash, anonuid=N, anongid=N, ro, rw (comma-separated)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
+
+
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    try:
+        return parse_export_options(",".join(args.export_options))
+    except ExportOptionError as e:
+        raise OptionError(f"-o: {e}") from None
 
 
 def _free_port_pair(host: str) -> int:
@@ -158,7 +171,11 @@ async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: byte
 async def serve(args: argparse.Namespace, key: bytes, host: str, port: int,
                 transports: list[str]) -> None:
     export = Export(args.export)
-    fs = FileServer(export, HandleTable(max_per_owner=args.max_handles))
+    exports = export_options(args)
+    prepare_process()  # umask 0: the client's kernel applied the caller's
+    fs = FileServer(export, HandleTable(max_per_owner=args.max_handles), exports)
+    log.info("export options: %s%s", exports.describe(),
+             "" if fs.is_root else " (not root: acting as itself, not as each caller)")
     try:
         async with AsyncExitStack() as stack:
             eps = await _open_endpoints(stack, host, port, key, transports)
@@ -192,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         transports = ["mx", "gm"] if args.transport == "both" else [args.transport]
         host, port = parse_listen(args.listen, transports)
         server_config()
+        export_options(args)
         tune_gc()
         trio.run(serve, args, key, host, port, transports)
     except (OptionError, ListenError) as e:

@@ -35,6 +35,7 @@ class Handle:
     owner: Hashable
     is_dir: bool = False
     append: bool = False
+    kill_privs: bool = False  # opened by a caller other than root: writes clear setuid bits
     cursor: DirCursor = field(default_factory=DirCursor)
 
 
@@ -48,13 +49,15 @@ class HandleTable:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def add(self, owner: Hashable, fd: int, *, is_dir: bool = False, append: bool = False) -> int:
+    def add(self, owner: Hashable, fd: int, *, is_dir: bool = False, append: bool = False,
+            kill_privs: bool = False) -> int:
         mine = self._by_owner.setdefault(owner, set())
         if len(mine) >= self.max_per_owner:
             os.close(fd)
             raise OSError(errno.EMFILE, "too many open handles")
         hid = next(self._ids)
-        self._handles[hid] = Handle(hid, fd, owner, is_dir=is_dir, append=append)
+        self._handles[hid] = Handle(hid, fd, owner, is_dir=is_dir, append=append,
+                                    kill_privs=kill_privs)
         mine.add(hid)
         return hid
 

@@ -1,7 +1,17 @@
 """Operation handlers of the I/O server: plain synchronous functions, no sockets.
 
-`FileServer.call(owner, op, args)` runs one metadata operation and returns its result (raising
-OSError on failure; the service turns that into an errno reply). Data operations are split so
+`FileServer.call(owner, op, args, cred)` runs one metadata operation and returns its result
+(raising OSError on failure; the service turns that into an errno reply). Operations in
+CRED_OPS run with the caller's credentials (creds.py): the server's kernel decides access
+against the file as it is now, new nodes get their owner and group from the kernel as for a
+local process (setgid directories included), and the server's umask is 0 (the client's kernel
+applied the caller's). `serve()` is what the service calls: it squashes the credentials a
+request carried as the export options say (exports.py) first.
+
+Nothing opened by name is ever a FIFO, device or socket: names are opened O_PATH first and
+only a regular file is then opened for I/O (through its /proc/self/fd link, as the caller),
+so no request can block in open(); a name that is no longer a regular file is ESTALE, and the
+client's kernel looks it up again. Data operations are split so
 that the transport can move the payload itself: `read_plan` and `write_plan` say which fd and
 range to hand to mxnet.file(...), `write_inline` writes data that arrived inside the request.
 """
@@ -11,26 +21,33 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from mxfs.rpcproto import (
+    CRED_OPS,
     PROTOCOL_VERSION,
     READDIR_MAX_BYTES,
     READDIR_MAX_ENTRIES,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
+    TIME_NOW,
     Op,
     stat_tuple,
 )
 
 from .appends import AppendLocks
 from .confine import Export, check_name, proc_path, split_path
+from .creds import Creds, Identity
+from .exports import ExportOptions
 from .handles import Handle, HandleTable
 from .syscalls import renameat2
 
 _OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_EXCL | os.O_NOATIME
-_ALLOWED_NODES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK)
+_NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+_ROOT_ONLY_XATTRS = (b"trusted.", b"security.")  # need CAP_SYS_ADMIN (or CAP_SETFCAP)
+_SUID_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 def written(fd: int, n: int) -> list[Any]:
@@ -46,11 +63,25 @@ def _dir_st(pfd: int) -> list[int]:
     return stat_tuple(os.fstat(pfd))
 
 
+def _times(st: os.stat_result, atime: Any, mtime: Any) -> tuple[int, int] | None:
+    """utime's ns argument for a SETATTR's times (None: both "now", as utimensat(NULL),
+    which needs only write permission; explicit times need ownership)."""
+    if atime == TIME_NOW and mtime == TIME_NOW:
+        return None
+    now = time.time_ns()
+    return (st.st_atime_ns if atime is None else now if atime == TIME_NOW else atime,
+            st.st_mtime_ns if mtime is None else now if mtime == TIME_NOW else mtime)
+
+
 class FileServer:
-    def __init__(self, export: Export, handles: HandleTable | None = None) -> None:
+    def __init__(self, export: Export, handles: HandleTable | None = None,
+                 exports: ExportOptions | None = None) -> None:
         self.export = export
         self.handles = handles if handles is not None else HandleTable()
-        self.is_root = os.geteuid() == 0
+        self.exports = exports if exports is not None else ExportOptions()
+        self.identity = Identity()
+        self.is_root = self.identity.can_switch
+        self.caller: Creds | None = None  # who the operation under way acts as (None: us)
         # the write verifier: new with every server run, so a client whose acknowledged but
         # unsynced writes went to an earlier run learns they may be lost (as NFS's)
         self.verifier = int.from_bytes(os.urandom(8), "little")
@@ -80,14 +111,34 @@ class FileServer:
             Op.LISTXATTR: self.listxattr,
             Op.REMOVEXATTR: self.removexattr,
             Op.ACCESS: self.access,
+            Op.FGETXATTR: self.fgetxattr,
+            Op.FSETXATTR: self.fsetxattr,
+            Op.FLISTXATTR: self.flistxattr,
+            Op.FREMOVEXATTR: self.fremovexattr,
         }
 
-    def call(self, owner: Hashable, op: int, args: list[Any]) -> Any:
+    def serve(self, owner: Hashable, op: int, wire_cred: Any, args: list[Any]) -> Any:
+        """A request from the wire: its credentials squashed as the export says, then call."""
+        cred = self.exports.caller(wire_cred) if op in CRED_OPS else None
+        return self.call(owner, op, args, cred)
+
+    def call(self, owner: Hashable, op: int, args: list[Any], cred: Creds | None = None) -> Any:
+        """Run one operation; with *cred*, ops in CRED_OPS act as that caller (None: as the
+        server itself, for callers inside the server and tests)."""
         fn = self._table.get(op)
         if fn is None:
             raise OSError(errno.ENOSYS, f"unknown operation {op}")
+        if self.exports.refuses(op, args):
+            raise OSError(errno.EROFS, "read-only export")
         try:
-            return fn(owner, *args)
+            if cred is None or op not in CRED_OPS:
+                return fn(owner, *args)
+            self.caller = cred
+            try:
+                with self.identity.acting_as(cred):
+                    return fn(owner, *args)
+            finally:
+                self.caller = None
         except (TypeError, ValueError, OverflowError) as e:
             # wrong argument count, types or ranges (a mode of -1, an offset past 2**63) from a
             # confused client
@@ -101,9 +152,35 @@ class FileServer:
         with self.export.dir_fd(parts[:-1]) as pfd:
             return stat_tuple(os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False))
 
-    def _chown_new(self, pfd: int, name: bytes, uid: int | None, gid: int | None) -> None:
-        if self.is_root and uid is not None and gid is not None:
-            os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+    def _privileged(self) -> bool:
+        """Whether the operation under way acts as root (or as the server itself)."""
+        return self.caller is None or self.caller.uid == 0 or not self.is_root
+
+    def _kills_privs(self) -> bool:
+        """Whether writes through a handle opened now must clear setuid/setgid bits, as the
+        kernel does for a writer without CAP_FSETID (the server writes as itself)."""
+        return self.is_root and self.caller is not None and self.caller.uid != 0
+
+    @staticmethod
+    def _open_regular(pfd: int, name: bytes, flags: int) -> int:
+        """open() of *name* in *pfd*, which must be a regular file: never a FIFO or device
+        (whose open may block or act), never a followed symlink. The name is opened O_PATH
+        (no access, cannot block), then the object itself is opened through its /proc link;
+        that open is where the kernel checks the caller's permission."""
+        nfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            mode = os.fstat(nfd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory")
+            if stat.S_ISLNK(mode):
+                raise OSError(errno.ELOOP, "is a symbolic link")
+            if not stat.S_ISREG(mode):
+                # the client took it for a regular file: its view is stale (its kernel looks
+                # the name up again and opens the FIFO or device on its own side)
+                raise OSError(errno.ESTALE, "not a regular file")
+            return os.open(proc_path(nfd), flags | os.O_CLOEXEC)
+        finally:
+            os.close(nfd)
 
     def _file(self, owner: Hashable, hid: int) -> Handle:
         return self.handles.get(owner, hid, is_dir=False)
@@ -124,7 +201,18 @@ class FileServer:
         return stat_tuple(os.fstat(self.handles.get(owner, hid).fd))
 
     def access(self, owner: Hashable, path: bytes, mode: int) -> None:
-        self._lstat(path)
+        """As access(2) for the caller: faccessat(AT_EACCESS) checks the thread's fsuid,
+        fsgid and groups (the caller's while acting as it), not the real ids."""
+        if type(mode) is not int or mode & ~(os.R_OK | os.W_OK | os.X_OK):
+            raise OSError(errno.EINVAL, "bad access mode")
+        self._lstat(path)  # ENOENT, EACCES on the way: as access(2) reports them
+        parts = split_path(path)
+        with self.export.dir_fd(parts[:-1]) as pfd:
+            ok = (os.access(proc_path(pfd), mode, effective_ids=True) if not parts else
+                  os.access(parts[-1], mode, dir_fd=pfd, effective_ids=True,
+                            follow_symlinks=False))
+        if not ok:
+            raise PermissionError(errno.EACCES, "access denied")
 
     def setattr(self, owner: Hashable, path: bytes, hid: int | None, mode: int | None,
                 uid: int | None, gid: int | None, size: int | None, atime_ns: int | None,
@@ -132,30 +220,32 @@ class FileServer:
         if hid is not None:
             fd = self.handles.get(owner, hid).fd
             if mode is not None:
-                os.chmod(fd, stat.S_IMODE(mode))
+                self._chmod(fd, fd, mode)
             if uid is not None or gid is not None:
                 os.chown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
             if size is not None:
                 os.ftruncate(fd, size)
             if atime_ns is not None or mtime_ns is not None:
-                st = os.fstat(fd)
-                os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
-                                 st.st_mtime_ns if mtime_ns is None else mtime_ns))
+                self._set_owner_times(fd, {}, os.fstat(fd), None, None, atime_ns, mtime_ns)
             return stat_tuple(os.fstat(fd))
-        if size is not None:
-            fd = self.export.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "truncate of a non-regular file")
-                os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
         with self.export.node_fd(path) as nfd:
             st = os.fstat(nfd)
+            if size is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "truncate of a directory")
+                if stat.S_ISLNK(st.st_mode):
+                    raise OSError(errno.ELOOP, "truncate of a symbolic link (not followed)")
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "truncate of a non-regular file")
+                fd = os.open(proc_path(nfd), os.O_WRONLY | os.O_CLOEXEC)  # as truncate(2)
+                try:
+                    os.ftruncate(fd, size)
+                finally:
+                    os.close(fd)
             if mode is not None:
                 if stat.S_ISLNK(st.st_mode):
                     raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
-                os.chmod(proc_path(nfd), stat.S_IMODE(mode))
+                self._chmod(proc_path(nfd), nfd, mode)
         if uid is not None or gid is not None or atime_ns is not None or mtime_ns is not None:
             parts = split_path(path)
             if not parts:
@@ -167,42 +257,58 @@ class FileServer:
                     self._set_owner_times(parts[-1], kw, st, uid, gid, atime_ns, mtime_ns)
         return self._lstat(path)
 
+    def _chmod(self, target: Any, fd: int, mode: int) -> None:
+        """chmod as the caller. One exception, as a local kernel makes it: a writer's kernel
+        clears a file's setuid/setgid bits before it writes (file_remove_privs) and sends
+        that as a chmod, which the writer may do when it may write the file, owner or not."""
+        try:
+            os.chmod(target, stat.S_IMODE(mode))
+        except PermissionError:
+            old = stat.S_IMODE(os.fstat(fd).st_mode)
+            new = stat.S_IMODE(mode)
+            if (new == old or new & ~old or new | _SUID_BITS != old | _SUID_BITS
+                    or not os.access(proc_path(fd), os.W_OK, effective_ids=True)):
+                raise
+            with self.identity.as_itself(self.caller):
+                os.chmod(target, new)
+
     @staticmethod
     def _set_owner_times(target: Any, kw: dict[str, Any], st: os.stat_result, uid: int | None,
                          gid: int | None, atime_ns: int | None, mtime_ns: int | None) -> None:
         if uid is not None or gid is not None:
             os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid, **kw)
         if atime_ns is not None or mtime_ns is not None:
-            os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
-                                 st.st_mtime_ns if mtime_ns is None else mtime_ns), **kw)
+            times = _times(st, atime_ns, mtime_ns)
+            if times is None:
+                os.utime(target, None, **kw)
+            else:
+                os.utime(target, ns=times, **kw)
 
     def readlink(self, owner: Hashable, path: bytes) -> bytes:
         with self.export.parent(path) as (pfd, name):
             return os.readlink(name, dir_fd=pfd)
 
-    def mknod(self, owner: Hashable, path: bytes, mode: int, rdev: int, uid: int | None = None,
-              gid: int | None = None) -> list[int]:
-        if stat.S_IFMT(mode) not in _ALLOWED_NODES:
-            raise OSError(errno.EPERM, "only regular files, FIFOs and sockets may be created")
+    def mknod(self, owner: Hashable, path: bytes, mode: int, rdev: int) -> list[int]:
+        kind = stat.S_IFMT(mode)
+        if kind not in _NODE_KINDS:
+            raise OSError(errno.EINVAL, f"cannot make a node of type {kind:o}")
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0
         with self.export.parent(path) as (pfd, name):
-            os.mknod(name, mode, 0, dir_fd=pfd)
-            self._chown_new(pfd, name, uid, gid)
+            check_name(name)
+            os.mknod(name, mode, rdev, dir_fd=pfd)  # devices: the caller needs CAP_MKNOD
             return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
-    def mkdir(self, owner: Hashable, path: bytes, mode: int, uid: int | None = None,
-              gid: int | None = None) -> list[int]:
+    def mkdir(self, owner: Hashable, path: bytes, mode: int) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.mkdir(name, mode, dir_fd=pfd)
-            self._chown_new(pfd, name, uid, gid)
             return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
-    def symlink(self, owner: Hashable, path: bytes, target: bytes, uid: int | None = None,
-                gid: int | None = None) -> list[int]:
+    def symlink(self, owner: Hashable, path: bytes, target: bytes) -> list[int]:
         if not target or b"\0" in target:
             raise OSError(errno.EINVAL, "bad symlink target")
         with self.export.parent(path) as (pfd, name):
             os.symlink(target, name, dir_fd=pfd)
-            self._chown_new(pfd, name, uid, gid)
             return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
 
     def link(self, owner: Hashable, src: bytes, dst: bytes) -> list[int]:
@@ -236,15 +342,19 @@ class FileServer:
         except BaseException:
             os.close(fd)
             raise
-        hid = self.handles.add(owner, fd, append=bool(flags & os.O_APPEND))
+        hid = self.handles.add(owner, fd, append=bool(flags & os.O_APPEND),
+                               kill_privs=self._kills_privs())
         return [hid, stat_tuple(st)]
 
     def open(self, owner: Hashable, path: bytes, flags: int) -> list[Any]:
-        fd = self.export.open(path, flags & (_OPEN_KEEP & ~(os.O_EXCL)))
+        parts = split_path(path)
+        if not parts:
+            raise IsADirectoryError(errno.EISDIR, "the root is a directory")
+        with self.export.dir_fd(parts[:-1]) as pfd:
+            fd = self._open_regular(pfd, parts[-1], flags & (_OPEN_KEEP & ~os.O_EXCL))
         return self._register(owner, fd, flags)
 
-    def create(self, owner: Hashable, path: bytes, flags: int, mode: int,
-               uid: int | None = None, gid: int | None = None) -> list[Any]:
+    def create(self, owner: Hashable, path: bytes, flags: int, mode: int) -> list[Any]:
         keep = flags & _OPEN_KEEP
         with self.export.parent(path) as (pfd, name):
             check_name(name)
@@ -255,14 +365,8 @@ class FileServer:
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                fd = os.open(name, (keep & ~os.O_EXCL) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                fd = self._open_regular(pfd, name, keep & ~os.O_EXCL)
                 created = False
-            else:
-                try:
-                    self._chown_new(pfd, name, uid, gid)
-                except OSError:
-                    os.close(fd)
-                    raise
             parent_st = _dir_st(pfd)
         # created: the file is new (no xattrs yet), not one that existed under that name
         return [*self._register(owner, fd, flags), parent_st, created]
@@ -292,6 +396,8 @@ class FileServer:
         """(fd, offset) where incoming write data must land (end of file for O_APPEND)."""
         if off < 0:
             raise OSError(errno.EINVAL, "negative offset")
+        if self.exports.ro:
+            raise OSError(errno.EROFS, "read-only export")
         h = self._file(owner, hid)
         if h.append:
             off = os.fstat(h.fd).st_size
@@ -314,7 +420,22 @@ class FileServer:
             if n <= 0:
                 raise OSError(errno.EIO, "short write")
             done += n
-        return written(fd, done)
+        return self.written(owner, hid, fd, done)
+
+    def written(self, owner: Hashable, hid: int, fd: int, n: int) -> list[Any]:
+        """A WRITE's answer (see written()). A write through a handle that a caller other
+        than root opened clears the setuid bit and an executable file's setgid bit, as the
+        kernel does for a local writer without CAP_FSETID (the server writes as itself)."""
+        st = os.fstat(fd)
+        h = self.handles._handles.get(hid)
+        if h is not None and h.kill_privs and st.st_mode & _SUID_BITS:
+            kill = st.st_mode & stat.S_ISUID
+            if st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IXGRP:
+                kill |= stat.S_ISGID
+            if kill:
+                os.chmod(fd, stat.S_IMODE(st.st_mode) & ~kill)
+                st = os.fstat(fd)
+        return [n, stat_tuple(st)]
 
     # -- directories ---------------------------------------------------------------------------
     def opendir(self, owner: Hashable, path: bytes) -> int:
@@ -362,15 +483,36 @@ class FileServer:
             return None
         return proc_path(nfd)
 
+    # The server keeps CAP_SYS_ADMIN while it acts as a caller: trusted.* and security.*
+    # names are what a local process other than root may not write (nor read, trusted.*).
+    def _may_read_xattr(self, name: bytes) -> bool:
+        return self._privileged() or not bytes(name).startswith(b"trusted.")
+
+    def _check_write_xattr(self, name: bytes) -> None:
+        if not isinstance(name, bytes):
+            raise OSError(errno.EINVAL, "xattr name is not bytes")
+        if not self._privileged() and name.startswith(_ROOT_ONLY_XATTRS):
+            raise OSError(errno.EPERM, "only root may set this attribute")
+
+    def _get(self, target: Any, name: bytes) -> bytes:
+        if not self._may_read_xattr(name):
+            raise OSError(errno.ENODATA, "no such attribute")
+        return os.getxattr(target, name)
+
+    def _list(self, target: Any) -> list[bytes]:
+        names = [os.fsencode(n) for n in os.listxattr(target)]
+        return names if self._privileged() else [n for n in names if self._may_read_xattr(n)]
+
     def getxattr(self, owner: Hashable, path: bytes, name: bytes) -> bytes:
         with self.export.node_fd(path) as nfd:
             target = self._xattr_target(nfd, False)
             if target is None:
                 raise OSError(errno.ENODATA, "no such attribute")
-            return os.getxattr(target, name)
+            return self._get(target, name)
 
     def setxattr(self, owner: Hashable, path: bytes, name: bytes, value: bytes,
                  flags: int = 0) -> None:
+        self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.setxattr(self._xattr_target(nfd, True), name, value, flags)  # type: ignore[arg-type]
 
@@ -379,8 +521,25 @@ class FileServer:
             target = self._xattr_target(nfd, False)
             if target is None:
                 return []
-            return [os.fsencode(n) for n in os.listxattr(target)]
+            return self._list(target)
 
     def removexattr(self, owner: Hashable, path: bytes, name: bytes) -> None:
+        self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.removexattr(self._xattr_target(nfd, True), name)  # type: ignore[arg-type]
+
+    # through an open file (it may have no name any more: unlinked while open)
+    def fgetxattr(self, owner: Hashable, hid: int, name: bytes) -> bytes:
+        return self._get(self._file(owner, hid).fd, name)
+
+    def fsetxattr(self, owner: Hashable, hid: int, name: bytes, value: bytes,
+                  flags: int = 0) -> None:
+        self._check_write_xattr(name)
+        os.setxattr(self._file(owner, hid).fd, name, value, flags)
+
+    def flistxattr(self, owner: Hashable, hid: int) -> list[bytes]:
+        return self._list(self._file(owner, hid).fd)
+
+    def fremovexattr(self, owner: Hashable, hid: int, name: bytes) -> None:
+        self._check_write_xattr(name)
+        os.removexattr(self._file(owner, hid).fd, name)

@@ -45,7 +45,7 @@ from mxfs.rpcproto import (
 from . import pagecache
 from .checksum import Hasher
 from .confine import EscapeError
-from .ops import FileServer, written
+from .ops import FileServer
 
 log = logging.getLogger("mxfs.server")
 
@@ -135,7 +135,7 @@ class Service:
         if truncated:
             return False
         try:
-            op, args, inline = decode_request(msg)
+            op, cred, args, inline = decode_request(msg)
         except ProtocolError:
             return False  # _serve answers it with EPROTO
         if op == Op.READ:
@@ -152,17 +152,18 @@ class Service:
             return False  # another append to that file is under way: queue behind it
         self.requests += 1
         self._answer(st.source, st.match & RID_MASK, op, lambda: self._sync_call(
-            st.source, op, args, inline))
+            st.source, op, cred, args, inline))
         return True
 
-    def _sync_call(self, peer: Any, op: int, args: list[Any], inline: memoryview) -> Any:
+    def _sync_call(self, peer: Any, op: int, cred: Any, args: list[Any],
+                   inline: memoryview) -> Any:
         if op == Op.WRITE:
             hid, off, _n, checksum = _write_args(args)
             self._check_inline(inline, checksum)
             return self.fs.write_inline(peer, hid, off, inline)
         if op == Op.STATS:
             return self.statistics()
-        return self.fs.call(peer, op, args)
+        return self.fs.serve(peer, op, cred, args)
 
     async def _serve(self, st: Any, msg: memoryview, *, truncated: bool) -> None:
         peer, rid = st.source, st.match & RID_MASK
@@ -171,11 +172,11 @@ class Service:
         try:
             if truncated:
                 raise OSError(errno.EMSGSIZE, "request larger than the server's buffers")
-            op, args, inline = decode_request(msg)
+            op, cred, args, inline = decode_request(msg)
             if op == Op.READ:
                 await self._read(peer, rid, args)  # answers by itself, in one message
                 return
-            result = await self._dispatch(peer, rid, op, args, inline)
+            result = await self._dispatch(peer, rid, op, cred, args, inline)
         except BaseException as e:
             if not isinstance(e, Exception):
                 raise
@@ -214,7 +215,7 @@ class Service:
         self.ep.isend(peer, [mxnet.user(encode_reply(err, None if err else result))],
                       make_match(Kind.REPLY, rid))
 
-    async def _dispatch(self, peer: Any, rid: int, op: int, args: list[Any],
+    async def _dispatch(self, peer: Any, rid: int, op: int, cred: Any, args: list[Any],
                         inline: memoryview) -> Any:
         if op == Op.WRITE:
             return await self._write(peer, rid, inline, *_write_args(args))
@@ -230,7 +231,7 @@ class Service:
             return None
         if op == Op.STATS:
             return self.statistics()
-        return self.fs.call(peer, op, args)
+        return self.fs.serve(peer, op, cred, args)
 
     def _read_plan(self, peer: Any, args: list[Any], probe: bool = True
                    ) -> tuple[int, int, int, int, bool] | None:
@@ -332,7 +333,7 @@ class Service:
             if append:  # (under the append lock) take the bad tail back off: the retry appends
                 os.ftruncate(fd, woff)
             raise OSError(CHECKSUM_MISMATCH, "write data checksum mismatch")
-        return written(fd, st.xfer_length)
+        return self.fs.written(peer, hid, fd, st.xfer_length)
 
     def statistics(self) -> dict[str, Any]:
         d = dict(self.ep.statistics().as_dict())

@@ -39,9 +39,12 @@ def env() -> dict[str, str]:
 
 
 class ServerProc:
-    """mxfs-server in a subprocess, on a free port (gm on port+1)."""
+    """mxfs-server in a subprocess, on a free port (gm on port+1). The tests act as root on
+    the mounts, so the export is no_root_squash unless *options* say otherwise."""
 
-    def __init__(self, export: Path, secret_file: Path, port: int = 0) -> None:
+    def __init__(self, export: Path, secret_file: Path, port: int = 0,
+                 options: str = "no_root_squash") -> None:
+        self.options = options
         self.export = export
         self.secret_file = secret_file
         self.port = port
@@ -51,7 +54,8 @@ class ServerProc:
     def start(self, timeout: float = 15.0) -> ServerProc:
         self.proc = subprocess.Popen(
             [PY, "-m", "server", str(self.export), "--listen", f"127.0.0.1:{self.port}",
-             "--secret-file", str(self.secret_file), "-v"],
+             "--secret-file", str(self.secret_file), "-v",
+             *(["-o", self.options] if self.options else [])],
             stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True, env=env(), cwd=ROOT)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -150,14 +154,15 @@ class MountProc:
 
 
 @contextlib.contextmanager
-def cluster(tmp: Path, transport: str = "mx", clients: int = 1,
-            extra: str = "") -> Iterator[tuple[ServerProc, list[MountProc]]]:
+def cluster(tmp: Path, transport: str = "mx", clients: int = 1, extra: str = "",
+            server_options: str = "no_root_squash"
+            ) -> Iterator[tuple[ServerProc, list[MountProc]]]:
     """A server on tmp/export and *clients* mounts at tmp/mnt0, tmp/mnt1, ..."""
     export = tmp / "export"
     export.mkdir(exist_ok=True)
     secret = tmp / "secret"
     secret.write_bytes(SECRET + b"\n")
-    server = ServerProc(export, secret)
+    server = ServerProc(export, secret, options=server_options)
     mounts: list[MountProc] = []
     try:
         server.start()

@@ -68,7 +68,7 @@ def served_and_mounted(tmp: Path, transport: str) -> Iterator[tuple[Path, Path, 
         try:
             server = subprocess.Popen(
                 ["ip", "netns", "exec", srv, PY, "-m", "server", str(export), "--listen",
-                 f"{ip}:7070", "--secret-file", str(secret)],
+                 f"{ip}:7070", "--secret-file", str(secret), "-o", "no_root_squash"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env(),
                 cwd=ROOT)
             assert server.stdout is not None

@@ -105,12 +105,20 @@ def test_link_and_rename_cannot_leave(tree):
     assert ei.value.errno == errno.EACCES
 
 
-def test_device_nodes_refused(tree):
-    ex, fs, _ = tree
+def test_device_nodes_need_root(tree):
+    """Device nodes are made as the caller: root (CAP_MKNOD) may, another user may not."""
+    ex, fs, tmp = tree
     import stat as S
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from server.creds import Creds
     with pytest.raises(OSError) as ei:
-        fs.call(ME, Op.MKNOD, [b"dev", S.S_IFCHR | 0o600, os.makedev(1, 3)])
-    assert ei.value.errno == errno.EPERM
+        fs.call(ME, Op.MKNOD, [b"dir/dev", S.S_IFCHR | 0o600, os.makedev(1, 3)],
+                Creds(65534, 65534))
+    assert ei.value.errno in (errno.EPERM, errno.EACCES)
+    fs.call(ME, Op.MKNOD, [b"dev", S.S_IFCHR | 0o600, os.makedev(1, 3)], Creds(0, 0))
+    st = os.lstat(tmp / "export" / "dev")
+    assert S.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
 
 
 def test_open_handle_survives_rename_and_unlink(tree):

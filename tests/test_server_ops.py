@@ -37,14 +37,17 @@ def fs(tmp_path):
 def test_request_roundtrip_keeps_inline_view():
     hdr = encode_request(Op.WRITE, 7, 4096, 5, True)
     msg = bytearray(hdr + b"hello")
-    op, args, data = decode_request(memoryview(msg))
-    assert op == Op.WRITE and args == [7, 4096, 5, True]
+    op, cred, args, data = decode_request(memoryview(msg))
+    assert op == Op.WRITE and cred is None and args == [7, 4096, 5, True]
+    _, cred, args, _ = decode_request(memoryview(encode_request(Op.GETATTR, b"f",
+                                                               cred=[1, 2, 3])))
+    assert cred == [1, 2, 3] and args == [b"f"]
     assert isinstance(data, memoryview) and data.obj is msg and bytes(data) == b"hello"
     assert decode_reply(encode_reply(0, [b"x", 1])) == (0, [b"x", 1])
 
 
 def test_create_write_read_stat(fs, tmp_path):
-    hid, st, parent, created = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640, None, None])
+    hid, st, parent, created = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640])
     assert created is True
     assert stat.S_ISREG(st[2]) and stat.S_IMODE(st[2]) == 0o640
     assert stat.S_ISDIR(parent[2]) and parent[11] == os.stat(tmp_path).st_mtime_ns
@@ -119,7 +122,7 @@ def post_op(reply: list, directory) -> list:
 
 
 def test_namespace_ops(fs, tmp_path):
-    d, parent = fs.call(A, Op.MKDIR, [b"d", 0o755, None, None])
+    d, parent = fs.call(A, Op.MKDIR, [b"d", 0o755])
     assert stat.S_ISDIR(d[2])
     assert post_op(parent, tmp_path)[3] == 3  # ".", "..", and d's ".." now
     _, parent = fs.call(A, Op.MKNOD, [b"d/fifo", stat.S_IFIFO | 0o644, 0])
@@ -141,7 +144,7 @@ def test_namespace_ops(fs, tmp_path):
     post_op(src_parent, tmp_path)
     post_op(dst_parent, tmp_path / "d")
     post_op(fs.call(A, Op.UNLINK, [b"d/fifo"]), tmp_path / "d")
-    fs.call(A, Op.MKDIR, [b"d/e", 0o755, None, None])
+    fs.call(A, Op.MKDIR, [b"d/e", 0o755])
     assert post_op(fs.call(A, Op.RMDIR, [b"d/e"]), tmp_path / "d")[3] == 2
     with pytest.raises(OSError) as ei:
         fs.call(A, Op.RMDIR, [b"d"])

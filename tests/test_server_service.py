@@ -22,6 +22,7 @@ from mxfs.rpcproto import (
     split_match,
 )
 from server.confine import Export
+from server.exports import ExportOptions
 from server.handles import HandleTable
 from server.ops import FileServer
 from server.service import Service
@@ -36,7 +37,7 @@ def transport(request):
 
 async def _serve(nursery, export_dir, transport):
     ex = Export(export_dir)
-    fs = FileServer(ex, HandleTable())
+    fs = FileServer(ex, HandleTable(), ExportOptions(squash="none"))  # tests act as root
     ep = await nursery.start(_endpoint, transport)
     svc = Service(ep, fs)
     nursery.start_soon(svc.run)
