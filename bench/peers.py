@@ -188,7 +188,8 @@ class Mxfs(Peer):
 
     def setup(self) -> None:
         p = procs.spawn([PY, "-m", "server", str(self.export), "--listen", "127.0.0.1:0",
-                         "--transport", self.transport, "--secret-file", str(self.secret)],
+                         "--transport", self.transport, "--secret-file", str(self.secret),
+                         "-o", "no_root_squash"],  # the bench runs as root on its own export
                         f"{self.name} server", stdout=subprocess.PIPE,
                         stderr=open(self.log, "wb"), cwd=ROOT)
         self.server = p
