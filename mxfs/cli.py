@@ -20,7 +20,6 @@ import subprocess
 import sys
 from typing import Any, NoReturn
 
-from .gctune import tune_gc
 from .mounttab import MOUNTINFO, MXFS_FSTYPE, find_mounts, mountpoint_problem, topmost
 from .options import MountOptions, OptionError, parse_options
 
@@ -75,7 +74,6 @@ def _run_in_process(opts: MountOptions, notify: Any) -> int:
         state["ok"] = error is None
         notify(error)
 
-    tune_gc()
     trio.run(run_mount, opts, ready)
     if not state["said"]:
         notify("mount process ended before the mount was ready")

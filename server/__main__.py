@@ -21,7 +21,6 @@ from typing import NoReturn
 import trio
 
 import mxnet
-from mxfs.gctune import tune_gc
 from mxfs.options import OptionError, parse_address
 from mxfs.rpc import leaf_exception
 
@@ -210,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen, transports)
         server_config()
         export_options(args)
-        tune_gc()
         trio.run(serve, args, key, host, port, transports)
     except (OptionError, ListenError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)

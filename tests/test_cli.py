@@ -203,17 +203,3 @@ def test_mount_t_fuse_mxfs(tmp_path):
         server.stop()
         if installed_here:
             os.unlink(helper)
-
-
-@pytest.mark.parametrize("default", [False, True])
-def test_daemons_tune_the_garbage_collector(default):
-    """tune_gc (called by the mount and the server before trio.run) freezes startup objects
-    and raises the young-generation threshold, unless MXFS_GC_DEFAULT asks for CPython's."""
-    code = ("import gc; from mxfs.gctune import tune_gc, YOUNG_THRESHOLD; before = gc.get_threshold(); "
-            "tune_gc(); print(gc.get_threshold()[0] == YOUNG_THRESHOLD, gc.get_freeze_count() > 0,"
-            " gc.get_threshold() == before)")
-    e = env()
-    if default:
-        e["MXFS_GC_DEFAULT"] = "1"
-    out = subprocess.run([PY, "-c", code], env=e, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == (["False", "False", "True"] if default else ["True", "True", "False"])
