@@ -228,10 +228,24 @@ class MxfsOperations(pyfuse3.Operations):
             if f.epoch == self.rpc.epoch:
                 return
             epoch = self.rpc.epoch
-            path = self._path(f.ino)
-            hid, _ = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP, cred=f.cred)
+            try:
+                path = self.inodes.path(f.ino)
+            except StaleInode:  # its name went away while we were disconnected
+                raise FUSEError(errno.ESTALE) from None
+            hid, st = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP, cred=f.cred)
+            self._same_object(f.ino, st, hid, epoch, path)
             f.hid, f.epoch = hid, epoch
             log.info("reopened %r after reconnect", path)
+
+    def _same_object(self, ino: int, st: StatTuple, hid: int, epoch: int, path: bytes) -> None:
+        """A handle reopened by name after a reconnect must reach the object it reached
+        before (the name may have been renamed away and reused meanwhile, or the server may
+        export another tree now): if not, the open file is stale, never another file."""
+        node = self.inodes.get(ino)
+        if node.key is not None and (st[0], st[1]) != node.key:
+            self.rpc.post(Op.RELEASE, hid, epoch=epoch)
+            log.warning("%r is another file after the reconnect: the open one is stale", path)
+            raise FUSEError(errno.ESTALE)
 
     async def _fresh_handle(self, f: OpenFile) -> tuple[int, int]:
         if f.epoch != self.rpc.epoch:
@@ -693,8 +707,14 @@ class MxfsOperations(pyfuse3.Operations):
         for _ in range(3):
             if d.epoch != self.rpc.epoch:
                 epoch = self.rpc.epoch
-                d.hid = await self.rpc.call(Op.OPENDIR, self._path(d.ino), cred=d.cred)
-                d.epoch = epoch
+                try:
+                    path = self.inodes.path(d.ino)
+                except StaleInode:
+                    raise FUSEError(errno.ESTALE) from None
+                hid = await self.rpc.call(Op.OPENDIR, path, cred=d.cred)
+                st = await self.rpc.call(Op.FGETATTR, hid, epoch=epoch)
+                self._same_object(d.ino, st, hid, epoch, path)
+                d.hid, d.epoch = hid, epoch
             try:
                 return await self.rpc.call(op, d.hid, *args, epoch=d.epoch)
             except StaleEpoch:
