@@ -46,6 +46,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
 # -- mount -------------------------------------------------------------------------------------
 def _setup_logging(opts: MountOptions, to_stderr: bool) -> None:
     level = logging.DEBUG if opts.debug else logging.WARNING
+    if not opts.debug and os.environ.get("MXFS_LOG_LEVEL"):  # e.g. info, in docker/Dockerfile
+        level = logging.getLevelName(os.environ["MXFS_LOG_LEVEL"].upper())
+        level = level if isinstance(level, int) else logging.WARNING
     logfile = os.environ.get("MXFS_LOG_FILE")
     handler: logging.Handler
     if logfile:
