@@ -400,12 +400,24 @@ class Endpoint:
             frames = engine.receive_done(peer)
             if frames:
                 peer.send(frames)
+                if len(peer.urgent) > 2 * self.config.send_buffer_max:
+                    await self._wait_backlog(peer, flush)
             if self._event_waiters and engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
             unyielded += HEADER_LEN + h.length
             if unyielded >= _YIELD_EVERY:  # a bulk transfer must let other peers run
                 unyielded = 0
                 await trio.lowlevel.checkpoint()
+
+    async def _wait_backlog(self, peer: Peer, flush: Callable[[], None]) -> None:
+        """The peer makes us answer (PONG, PULL, NOTIFY, CREDIT) faster than it reads what
+        we send: stop reading it until the answers have drained to send_buffer_max, so a
+        peer that never reads cannot grow our queue (TCP then holds it back)."""
+        self.stats.pauses += 1
+        while len(peer.urgent) > self.config.send_buffer_max and not peer.lost:
+            flush()
+            await trio.sleep(0.002)
+            _check_alive(peer.sock)
 
     async def _receive_pieces(self, peer: Peer, ps: list[Any], flush: Callable[[], None]
                               ) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from mx_helpers import Link, endpoint_pair, rbytes, until
+from mx_helpers import Link, endpoint_pair, raw_client, rbytes, until
 
 import mxnet
-from mxnet import Config, StatusCode
+from mxnet import Config, StatusCode, wire
 from mxnet.protocol import Engine
 from mxnet.wire import PacketType
 
@@ -327,3 +327,35 @@ async def test_read_only_file_segment_gives_ebadf(tmp_path, transport):
             assert not pair.s2c.lost
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+async def test_a_peer_that_pings_and_never_reads_cannot_grow_our_queue(transport):
+    """Every PING makes a PONG: a peer that sends them and reads nothing must not make the
+    endpoint queue answers without bound (it stops reading that peer instead)."""
+    cfg = Config(send_buffer_max=64)
+    async with endpoint_pair(transport, cfg) as pair:
+        sock, peer = await raw_client(pair.server, transport)
+        try:
+            pings = wire.HEADER.pack(PacketType.PING, 0, 0, 0, 0, 0, 0) * 256
+            high, sent, stuck_since = 0, 0, None
+            with trio.move_on_after(8):
+                while sent < 400_000:
+                    try:
+                        sent += sock.send(pings) // wire.HEADER_LEN
+                        stuck_since = None
+                    except BlockingIOError:  # the endpoint stopped reading us: good
+                        now = trio.current_time()
+                        stuck_since = stuck_since or now
+                        if now - stuck_since > 1.0:
+                            break
+                    high = max(high, len(peer.urgent))
+                    await trio.sleep(0)
+            high = max(high, len(peer.urgent))
+            assert high <= 2 * cfg.send_buffer_max + 256, (high, sent)
+        finally:
+            sock.close()
+        with trio.fail_after(10):  # the endpoint still serves its other peer
+            rx = pair.server.irecv([mxnet.user(bytearray(8))], 7)
+            pair.client.isend(pair.c2s, [mxnet.user(b"still ok")], 7)
+            assert (await rx.wait()).ok
