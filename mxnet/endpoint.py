@@ -167,7 +167,7 @@ class Endpoint:
 
     async def wait_any(self, match: int = 0, mask: int = 0, timeout: float | None = None) -> Request:
         """Wait for any request whose match info fits (match, mask) to complete (mx_wait_any).
-        Returns the request; its completion counts as observed. Completions are tracked
+        Returns the request (taken off the completed list). Completions are tracked
         from the first call on (and for requests still pending at that moment)."""
         self._track_any = True
         with _deadline(timeout):
@@ -175,7 +175,6 @@ class Endpoint:
                 for req in self._completed:
                     if req.match & mask == match:
                         del self._completed[req]
-                        req.observed = True
                         return req
                 await self._wait_event()
         raise AssertionError  # pragma: no cover
@@ -280,7 +279,6 @@ class Endpoint:
         # on the latency path; callers that loop on wait() still yield when they block)
         if self._track_any:
             self._completed.pop(req, None)
-        req.observed = True
         return req.status  # type: ignore[return-value]
 
     # -- peers ---------------------------------------------------------------------------

@@ -111,7 +111,6 @@ class Request:
     on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
     callbacks: list[Callable[[Request], Any]] | None = None  # add_done_callback
     _posted: Any = None
-    observed = False
 
     def __init__(self, kind: str, vec: tuple[Segment, ...], match: int, mask: int,
                  peer: Hashable | None, engine: EngineBase, sync: bool = False) -> None:
@@ -130,8 +129,6 @@ class Request:
         return self.status is not None
 
     def test(self) -> Status | None:
-        if self.status is not None:
-            self.observed = True
         return self.status
 
     def cancel(self) -> bool:
