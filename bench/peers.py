@@ -95,6 +95,14 @@ class Peer:
     def setup(self) -> None: ...
     def teardown(self) -> None: ...
 
+    def server_pids(self) -> list[int]:
+        """The processes doing this peer's server side (for CPU per GiB); [] if none."""
+        return []
+
+    def cpu_pids(self) -> tuple[list[int], list[int]]:
+        """(client side, server side) processes, children included (sshfs's ssh)."""
+        return (procs.tree(self.client_pid) if self.client_pid else []), self.server_pids()
+
     def mount(self) -> None:
         if is_mounted(self.mnt):
             raise BenchError(f"{self.name}: {self.mnt} is already mounted")
@@ -236,6 +244,9 @@ class Mxfs(Peer):
         if self.server is not None:
             procs.stop_pid(self.server.pid)
 
+    def server_pids(self) -> list[int]:
+        return [self.server.pid] if self.server is not None else []
+
     def stats(self) -> str:
         r = subprocess.run([PY, "-m", "mxfs.cli", "stats", "--json", str(self.mnt)],
                            capture_output=True, text=True, cwd=ROOT)
@@ -332,6 +343,9 @@ Subsystem sftp /usr/lib/openssh/sftp-server
             f"Ciphers={SSH_CIPHER}", "Compression=no", "LogLevel=ERROR"])
         return ["sshfs", "-f", f"root@127.0.0.1:{self.export}", str(self.mnt), "-o", opts]
 
+    def server_pids(self) -> list[int]:  # sshd, its session processes, their sftp-servers
+        return procs.tree(self.sshd.pid) if getattr(self, "sshd", None) is not None else []
+
     def teardown(self) -> None:
         if getattr(self, "sshd", None) is not None:
             procs.stop_pid(self.sshd.pid)
@@ -356,6 +370,9 @@ class SshfsDirect(SshfsBase):
     def teardown(self) -> None:
         if getattr(self, "socat", None) is not None:
             procs.stop_pid(self.socat.pid)
+
+    def server_pids(self) -> list[int]:  # socat, its connection children, their sftp-servers
+        return procs.tree(self.socat.pid) if getattr(self, "socat", None) is not None else []
 
 
 # -- GlusterFS -------------------------------------------------------------------------------------
@@ -451,6 +468,9 @@ class Gluster(Peer):
             procs.stop_pid(self.brick_pid)
         if self.glusterd is not None:
             procs.stop_pid(self.glusterd.pid)
+
+    def server_pids(self) -> list[int]:
+        return [self.brick_pid] if self.brick_pid is not None else []
 
     def version(self) -> str:
         r = subprocess.run(["glusterfs", "--version"], capture_output=True, text=True)

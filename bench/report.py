@@ -10,13 +10,14 @@ from pathlib import Path
 WORKLOAD_TITLES = {
     "seqwrite": "Sequential write, 1 MiB blocks, fsync at end",
     "seqread": "Sequential read, 1 MiB blocks, cold caches",
+    "cpu": "CPU seconds per GiB moved (sequential write and read above; client and server processes, children included)",
     "randread": "Random read 4 KiB, queue depth 1, O_DIRECT (file warm on the server side)",
     "meta": "Metadata: create, stat, unlink of N empty files (one process)",
     "tree": "Tree: untar + du + find + cp -r + rm -rf of a 1000-file tree",
     "scaling": "Aggregate read throughput with N reader processes (own cold file each)",
     "filesize": "Read throughput by file size (cold; files read one after another)",
 }
-ORDER = ["seqwrite", "seqread", "randread", "meta", "tree", "filesize", "scaling"]
+ORDER = ["seqwrite", "seqread", "cpu", "randread", "meta", "tree", "filesize", "scaling"]
 
 
 @dataclass
