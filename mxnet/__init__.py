@@ -17,13 +17,22 @@ Segments (a message is a vector of up to 256 of them):
 
 from .config import Config
 from .endpoint import Endpoint, Peer, Request, open_endpoint
-from .errors import ConnectError, MatchError, MxError, QueueFull, RegistrationError, Timeout
+from .errors import (
+    ConnectError,
+    MatchError,
+    MxError,
+    PeerGone,
+    ProtocolError,
+    QueueFull,
+    RegistrationError,
+    Timeout,
+)
 from .matching import MASK_ALL
 from .segments import MAX_SEGMENTS, Segment, file, pages, user
 from .status import Status, StatusCode
 
 __all__ = [
     "MASK_ALL", "MAX_SEGMENTS", "Config", "ConnectError", "Endpoint", "MatchError", "MxError",
-    "Peer", "QueueFull", "RegistrationError", "Request", "Segment", "Status", "StatusCode",
+    "Peer", "PeerGone", "ProtocolError", "QueueFull", "RegistrationError", "Request", "Segment", "Status", "StatusCode",
     "Timeout", "file", "open_endpoint", "pages", "user",
 ]

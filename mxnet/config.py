@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TINY_MAX = 32
 SMALL_MAX = 128
@@ -28,7 +28,7 @@ class Config:
     # MX polls before blocking. Here a wait() may keep trio polling (with sched_yield) this
     # long before it sleeps. Measured on the 2-vCPU VM: client and server end up on one vCPU
     # and spinning starves the peer (latency grows with poll_us), so the default is 0.
-    poll_us: float = float(os.environ.get("MXNET_POLL_US", "0"))
+    poll_us: float = field(default_factory=lambda: float(os.environ.get("MXNET_POLL_US", "0")))
     # sends to one peer accepted and not yet on the wire (waiting for the socket, mx
     # credits or gm send tokens); past it isend raises QueueFull, Endpoint.send waits
     send_buffer_max: int = 4096

@@ -189,9 +189,10 @@ class Endpoint:
             self._event_waiters -= 1
 
     def statistics(self) -> Statistics:
+        """The endpoint's counters as of now (a snapshot: read it again to see more)."""
         self.stats.peers_connected = len(self.peers)
         self.stats.unexpected_now = self.engine.matcher.unexpected_count()
-        return self.stats
+        return self.stats.snapshot()
 
     async def disconnect(self, peer: Peer) -> None:
         self._lose(peer, "closed locally")
@@ -661,5 +662,3 @@ async def _connect_tcp(host: str, port: int) -> socket.socket:
             raise
     raise last
 
-
-_ = MxError

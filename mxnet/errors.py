@@ -25,6 +25,10 @@ class Timeout(MxError, TimeoutError):
     """A wait did not complete in time. The request stays pending."""
 
 
+class PeerGone(MxError):
+    """The connection ended (EOF or reset) while more bytes were needed."""
+
+
 class QueueFull(MxError):
     """isend: the send queue to that peer already holds ``send_buffer_max`` messages (not yet
     on the wire). Nothing was sent; ``await ep.send(...)`` waits for room instead."""

@@ -16,16 +16,13 @@ from collections.abc import Callable
 
 import trio
 
+from .errors import PeerGone
 from .segments import FileRange
 
 F_SETPIPE_SZ = 1031
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
-
-
-class PeerGone(Exception):
-    """The connection ended (EOF or reset) while we needed more bytes."""
 
 
 async def recv_exact_into(sock: socket.socket, view: memoryview,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,16 @@ class Statistics:
     def copies_per_byte(self) -> float:
         moved = self.payload_bytes_delivered + sum(self.bytes_sent.values())
         return self.payload_bytes_copied / moved if moved else 0.0
+
+    def snapshot(self) -> Statistics:
+        """A copy as of now: later traffic does not change it, and changing it changes
+        nothing in the endpoint."""
+        copy = dataclasses.replace(self)
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Counter):
+                setattr(copy, name, Counter(value))
+        return copy
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

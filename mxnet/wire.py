@@ -37,6 +37,8 @@ import enum
 import struct
 from typing import NamedTuple
 
+from .errors import ProtocolError
+
 MAGIC = b"MXNT"
 VERSION = 2  # 2: WINDOW in the handshake, CREDIT frames
 NONCE_LEN = 16
@@ -74,7 +76,7 @@ class Header(NamedTuple):
         return HEADER.pack(self.type, self.flags, 0, self.length, self.a, self.b, self.c)
 
 
-class FrameError(ValueError):
+class FrameError(ProtocolError, ValueError):
     """A header that is not a valid frame."""
 
 
