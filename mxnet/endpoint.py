@@ -502,7 +502,9 @@ class Endpoint:
             sock.close()
             self.stats.handshake_failures += 1
             msg = "handshake timed out" if isinstance(e, trio.TooSlowError) else str(e)
-            log.warning("mxnet: refused connection from %s: %s", addr[:2], msg)
+            quiet = isinstance(e, handshake.NoHandshake)
+            (log.debug if quiet else log.warning)(
+                "mxnet: refused connection from %s: %s", addr[:2], msg)
             return
         peer = self._add_peer(sock, addr[:2], window)
         for cb in list(self._accept_callbacks):

@@ -36,6 +36,11 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
             raise ConnectError(f"connection lost during handshake: {e}") from None
 
 
+class NoHandshake(ConnectError):
+    """The connection closed before its first byte: a port probe (readiness checks), not an
+    attack or a misconfigured client; the endpoint logs it quietly."""
+
+
 async def _recv(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
     try:
@@ -104,6 +109,12 @@ async def client_side(sock: socket.socket, key: bytes, transport: str,
 async def server_side(sock: socket.socket, key: bytes, transport: str,
                       window: tuple[int, int] | None = None) -> tuple[int, int]:
     """Returns the credit window the client grants (``window``: the one we grant it)."""
+    await trio.lowlevel.wait_readable(sock)
+    try:
+        if sock.recv(1, socket.MSG_PEEK) == b"":
+            raise NoHandshake("closed before saying anything (a port probe?)")
+    except (BlockingIOError, InterruptedError):
+        pass
     hello = await _recv(sock, wire.HELLO.size)
     magic, version, tid, cn = wire.HELLO.unpack(hello)
     if magic != wire.MAGIC:

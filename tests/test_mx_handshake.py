@@ -176,3 +176,21 @@ async def test_raw_peer_answering_pings_stays():
             assert not peer.lost
         finally:
             sock.close()
+
+
+async def test_a_port_probe_is_not_a_warning(caplog):
+    """A readiness check connects and closes without a byte (docker's entrypoint does): it is
+    counted, logged at debug, never a WARNING; a client that says something wrong still is."""
+    import logging
+    import socket
+
+    caplog.set_level(logging.DEBUG, logger="mxnet")
+    async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY) as server:
+        socket.create_connection(server.address[:2]).close()
+        await until(lambda: server.statistics().handshake_failures == 1, T)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        s = socket.create_connection(server.address[:2])
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+        await until(lambda: server.statistics().handshake_failures == 2, T)
+        s.close()
+        assert [r for r in caplog.records if r.levelno == logging.WARNING]
