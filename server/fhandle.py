@@ -22,10 +22,11 @@ forged and names its export::
                 holding the secret: refused with EACCES (and one log line), never opened.
 
 Confinement: a well-tagged handle was issued by this export for an object that was beneath
-its root then. A directory named by handle is checked again each time it is resolved (its
-".." chain must reach the export root), because a directory outside the export would let a
-client create, list or open anything beneath it: one that was moved out (on the server's own
-disk) is EACCES. A non-directory is not re-checked: as with NFS's no_subtree_check, a file
+its root then. A directory named by handle is checked again when it is resolved (its ".."
+chain must reach the export root; a directory found inside is taken to stay there for
+INSIDE_TTL = 1 s, as attributes are cached), because a directory outside the export would
+let a client create, list or open anything beneath it: one that was moved out (on the
+server's own disk) is EACCES. A non-directory is not re-checked: as with NFS's no_subtree_check, a file
 moved out of the export by the server's own users stays reachable by the clients that held it.
 
 ``open_by_handle_at`` needs CAP_DAC_READ_SEARCH: the server resolves handles as itself
@@ -46,6 +47,7 @@ import logging
 import os
 import stat
 import struct
+import time
 
 log = logging.getLogger("mxfs.server")
 
@@ -57,6 +59,8 @@ _HEAD = struct.Struct("<B8si")  # version, export id, handle type
 MAX_WIRE = _HEAD.size + MAX_HANDLE_SZ + TAG_LEN
 AT_EMPTY_PATH = 0x1000
 _KEY_LABEL = b"mxfs file handles v1"
+INSIDE_TTL = 1.0  # how long a directory found beneath the root is taken to stay there
+_INSIDE_MAX = 4096
 
 
 class _FileHandle(ctypes.Structure):
@@ -90,7 +94,7 @@ def name_to_handle(dirfd: int, name: bytes = b"") -> tuple[int, bytes]:
     if _n2h(dirfd, name, ctypes.byref(h), ctypes.byref(mount_id),
             0 if name else AT_EMPTY_PATH) != 0:
         raise _err("name_to_handle_at")
-    return h.handle_type, bytes(h.f_handle[:h.handle_bytes])
+    return h.handle_type, ctypes.string_at(ctypes.addressof(h.f_handle), h.handle_bytes)
 
 
 def open_by_handle(mount_fd: int, htype: int, data: bytes, flags: int) -> int:
@@ -124,6 +128,7 @@ class HandleCodec:
 
     def __init__(self, root_fd: int, key: bytes) -> None:
         self.key = key
+        self._inside: dict[tuple[int, int], float] = {}  # directory -> checked until
         # open_by_handle_at wants an fd of the file system that is not O_PATH
         self.mount_fd = os.open(f"/proc/self/fd/{root_fd}",
                                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -206,8 +211,18 @@ class HandleCodec:
         return fd
 
     def _check_inside(self, fd: int, st: os.stat_result) -> None:
-        """A directory must still be beneath the export root: walk its ".." chain."""
+        """A directory must still be beneath the export root: walk its ".." chain (a
+        directory found inside is taken to stay there for INSIDE_TTL seconds)."""
         key = (st.st_dev, st.st_ino)
+        now = time.monotonic()
+        if self._inside.get(key, 0.0) > now:
+            return
+        self._walk_up(fd, key)
+        if len(self._inside) >= _INSIDE_MAX:
+            self._inside.clear()
+        self._inside[key] = now + INSIDE_TTL
+
+    def _walk_up(self, fd: int, key: tuple[int, int]) -> None:
         cur = -1
         try:
             for _ in range(4096):

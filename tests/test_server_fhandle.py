@@ -149,8 +149,10 @@ def test_gone_file_is_stale(export):
     assert ei.value.errno == errno.ESTALE
 
 
-def test_directory_moved_outside_is_refused(tmp_path, export):
+def test_directory_moved_outside_is_refused(tmp_path, export, monkeypatch):
     h = _handle(export, "d")
+    os.close(export.codec.open(h))  # found inside (and remembered for INSIDE_TTL)
+    monkeypatch.setattr(fhandle.time, "monotonic", lambda: 1e12)  # ... which has passed
     os.rename(os.path.join(export.root, "d"), tmp_path / "d-outside")
     with pytest.raises(BadHandle):
         export.codec.open(h)
