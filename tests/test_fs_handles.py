@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
 import trio
-from conftest_fs import SECRET, cluster, needs_fuse
+from conftest_fs import SECRET, MountProc, ServerProc, cluster, needs_fuse
 from test_fs_stale import _errno, _reconnected, _restart, _write_synced
 
 from mxfs.rpc import RpcError, open_client
@@ -144,3 +147,37 @@ async def test_forged_and_altered_handles_are_refused(tmp_path):
         assert "refused" in server.log_text()
         assert (outside / "secret").read_text() == "TOP SECRET"
         assert not (outside / "planted").exists()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_a_server_that_is_not_root_works_by_path(tmp_path):
+    """Without CAP_DAC_READ_SEARCH the server issues no handles: it says so once and the
+    client names files by path, everything works as before handles."""
+    base = Path(tempfile.mkdtemp(prefix="mxfs-nonroot-"))
+    server = mount = None
+    try:
+        os.chmod(base, 0o755)
+        export, secret = base / "export", base / "secret"
+        export.mkdir()
+        secret.write_bytes(SECRET + b"\n")
+        for p in (export, secret):
+            os.chown(p, 65534, 65534)
+        server = ServerProc(export, secret, options="")
+        server.wrap = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        server.start()
+        mount = MountProc(server.port, tmp_path / "mnt", secret, "mx").start()
+        m = mount.mnt
+        (m / "d").mkdir()
+        (m / "d" / "f").write_bytes(b"by path")
+        os.rename(m / "d", m / "e")
+        assert (m / "e" / "f").read_bytes() == b"by path"
+        assert os.listdir(m / "e") == ["f"]
+        assert (export / "e" / "f").read_bytes() == b"by path"
+        assert "no file handles" in server.log_text()
+        assert "CAP_DAC_READ_SEARCH" in server.log_text()
+    finally:
+        if mount is not None:
+            mount.stop()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
