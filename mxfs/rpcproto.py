@@ -28,7 +28,7 @@ clients never meet.
                               A WRITE [hid, off, n, hash] carries the data's xxh3-64: the
                               server checks what landed and answers EBADMSG if it differs.
 
-Who asks: every operation in CRED_OPS (those that name a file by path, open one, or change
+Who asks: every operation in CRED_OPS (those that name a file or an entry, open one, or change
 one through a handle) carries the caller's credentials as ``cred = [uid, gid, group...]``
 (at most MAX_GROUPS supplementary groups); other operations carry nil. The server acts with
 them (server/creds.py), after squashing them as its export options say (server/exports.py).

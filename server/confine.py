@@ -170,7 +170,7 @@ class Export:
 
     @contextmanager
     def ref_fd(self, ref: Any) -> Iterator[int]:
-        """The O_PATH fd of a handle (resolved already, or now), or None for a path."""
+        """The O_PATH fd of a handle (resolved already, or resolved now)."""
         if isinstance(ref, Resolved):
             yield ref.fd
             return

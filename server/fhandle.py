@@ -47,6 +47,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 import time
 
 log = logging.getLogger("mxfs.server")
@@ -84,17 +85,30 @@ def _err(what: str) -> OSError:
     return OSError(e, f"{what}: {os.strerror(e)}")
 
 
+class _Scratch(threading.local):
+    """name_to_handle_at's out-arguments, made once per thread (a READDIR asks per entry)."""
+
+    def __init__(self) -> None:
+        self.h = _FileHandle()
+        self.mount_id = ctypes.c_int()
+        self.h_ref = ctypes.byref(self.h)
+        self.mount_id_ref = ctypes.byref(self.mount_id)
+        self.data_at = ctypes.addressof(self.h.f_handle)
+
+
+_scratch = _Scratch()
+
+
 def name_to_handle(dirfd: int, name: bytes = b"") -> tuple[int, bytes]:
     """The kernel's handle of *name* in *dirfd* (not followed), or of *dirfd* itself."""
     if _n2h is None:
         raise OSError(errno.EOPNOTSUPP, "name_to_handle_at is not available")
-    h = _FileHandle()
+    sc = _scratch
+    h = sc.h
     h.handle_bytes = MAX_HANDLE_SZ
-    mount_id = ctypes.c_int()
-    if _n2h(dirfd, name, ctypes.byref(h), ctypes.byref(mount_id),
-            0 if name else AT_EMPTY_PATH) != 0:
+    if _n2h(dirfd, name, sc.h_ref, sc.mount_id_ref, 0 if name else AT_EMPTY_PATH) != 0:
         raise _err("name_to_handle_at")
-    return h.handle_type, ctypes.string_at(ctypes.addressof(h.f_handle), h.handle_bytes)
+    return h.handle_type, ctypes.string_at(sc.data_at, h.handle_bytes)
 
 
 def open_by_handle(mount_fd: int, htype: int, data: bytes, flags: int) -> int:

@@ -55,6 +55,31 @@ def test_renamed_by_another_client_then_restart_is_the_same_open_file(tmp_path, 
 
 
 @TRANSPORTS
+def test_open_directory_renamed_and_file_removed_across_a_restart(tmp_path, transport):
+    """A holds directory d and file x open; B renames d and removes x; the server restarts.
+    A's directory is still d (listed under its new name), A's file is ESTALE (it is gone)."""
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        (a.mnt / "d").mkdir()
+        (a.mnt / "d" / "one").write_bytes(b"1")
+        (a.mnt / "x").write_bytes(b"x")
+        dfd = os.open(a.mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(a.mnt / "x", os.O_RDWR)
+        try:
+            os.rename(b.mnt / "d", b.mnt / "moved")
+            (b.mnt / "moved" / "two").write_bytes(b"2")
+            (b.mnt / "d").mkdir()  # a new d, which A's open directory must not become
+            (b.mnt / "d" / "other").write_bytes(b"other")
+            os.unlink(b.mnt / "x")
+            _restart(server)
+            _reconnected(a.mnt)
+            assert sorted(os.listdir(dfd)) == ["one", "two"]
+            assert _errno(os.pread, fd, 1, 0) == errno.ESTALE
+        finally:
+            os.close(dfd)
+            _errno(os.close, fd)
+
+
+@TRANSPORTS
 def test_another_export_holding_the_same_file_is_stale(tmp_path, transport):
     """The server comes back exporting another tree whose f is a hard link of the very same
     file (same st_dev and st_ino): the old open file is still ESTALE, as a handle of another
