@@ -206,3 +206,45 @@ def test_a_server_that_is_not_root_works_by_path(tmp_path):
         if server is not None:
             server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+@TRANSPORTS
+def test_unprivileged_cwd_renamed_by_another_client(transport):
+    """As nobody (allow_other): the cwd is renamed by another client; listing and creating
+    there work through its handle, as nobody (the new file is nobody's); once root on the
+    other client makes the directory 0700, nobody's next listing is refused (the server
+    checks the caller against the directory itself, found by handle)."""
+    base = Path(tempfile.mkdtemp(prefix="mxfs-handles-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        with cluster(base, transport, clients=2, extra="allow_other") as (server, (a, b)):
+            (a.mnt / "d").mkdir()
+            (a.mnt / "d").chmod(0o777)
+            (a.mnt / "d" / "f").write_text("inside\n")
+            script = "cd d && read go && ls && echo mine > made && read go && ls"
+            sh = subprocess.Popen(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                 script], cwd=a.mnt, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            try:
+                time.sleep(0.5)  # (the shell is in d)
+                os.rename(b.mnt / "d", b.mnt / "e")
+                assert sh.stdin is not None and sh.stdout is not None
+                sh.stdin.write("go\n")
+                sh.stdin.flush()
+                assert sh.stdout.readline() == "f\n"
+                deadline = time.monotonic() + 10
+                while not (server.export / "e" / "made").exists():
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                st = (server.export / "e" / "made").stat()
+                assert (st.st_uid, st.st_gid) == (65534, 65534)
+                (b.mnt / "e").chmod(0o700)
+                out, err = sh.communicate("go\n", timeout=30)
+            finally:
+                if sh.poll() is None:
+                    sh.kill()
+            assert sh.returncode != 0 and "Permission denied" in err, (out, err)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
