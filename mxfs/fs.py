@@ -2,9 +2,14 @@
 
 How this works
 --------------
-Inodes map to server paths through the InodeTable; open files and directories map to server
-handles tagged with the connection epoch they were opened in. After a reconnection a handle of
-an older epoch is reopened (same path, same flags less O_CREAT/O_EXCL/O_TRUNC) on first use.
+Inodes map to the server's file handles through the InodeTable: every request on a file names
+its handle, a lookup or a create names [directory handle, name] (the root, and everything on a
+server that issues no handles, is named by path instead). Open files and directories map to
+the server's open handles (hid) tagged with the connection epoch they were opened in. After a
+reconnection a hid of an older epoch is reopened on first use by file handle (same flags less
+O_CREAT/O_EXCL/O_TRUNC): the same file whatever its name is now, or ESTALE if it is gone or
+the server exports another tree. Without a file handle it is reopened by name and must be the
+same (st_dev, st_ino), or it is ESTALE.
 
 Consistency: every EntryAttributes carries the short attr/entry timeouts of the mount options.
 Writes are synchronous (no writeback cache: the data is at the server when write() returns),
@@ -109,8 +114,9 @@ class OpenDir:
     hid: int
     epoch: int
     cred: Cred | None = None
-    # entries fetched but not yet taken by the kernel: (own offset, name, next offset, stat)
-    buffered: list[tuple[int, bytes, int, StatTuple]] = field(default_factory=list)
+    # entries fetched but not yet taken by the kernel: (own offset, name, next offset, stat,
+    # handle)
+    buffered: list[tuple[int, bytes, int, StatTuple, Any]] = field(default_factory=list)
     eof_after_buffer: bool = False
 
 
@@ -160,10 +166,10 @@ class MxfsOperations(pyfuse3.Operations):
             node.size, node.mtime_ns = st[7], st[11]
         return e
 
-    def _learn(self, parent: int, name: bytes, st: StatTuple) -> EntryAttributes:
+    def _learn(self, parent: int, name: bytes, st: StatTuple, fh: Any = None) -> EntryAttributes:
         # a directory's st_nlink counts its subdirectories, not names: it has only one
-        ino = self.inodes.lookup(parent, name, (st[0], st[1]),
-                                 1 if stat.S_ISDIR(st[2]) else st[3])
+        ino = self.inodes.lookup(parent, name, (st[0], st[1]) if fh is None else fh,
+                                 1 if stat.S_ISDIR(st[2]) else st[3], fh)
         return self._entry(ino, st)
 
     def _changed(self, ino: int, st: StatTuple) -> None:
@@ -197,16 +203,22 @@ class MxfsOperations(pyfuse3.Operations):
                 found = found or f
         return found
 
-    def _path(self, ino: int) -> bytes:
+    def _ref(self, ino: int) -> Any:
+        """How a request names the inode: its server handle, or its path without one."""
         try:
-            return self.inodes.path(ino)
+            node = self.inodes.get(ino)
+            return node.fh if node.fh is not None else self.inodes.path(ino)
         except StaleInode:
             raise FUSEError(errno.ENOENT) from None
 
-    def _child(self, parent: int, name: bytes) -> bytes:
+    def _child(self, parent: int, name: bytes) -> Any:
+        """How a request names an entry: [directory handle, name], or a path."""
         if name in (b".", b"..") or b"/" in name:
             raise FUSEError(errno.EINVAL)
         try:
+            node = self.inodes.get(parent)
+            if node.fh is not None:
+                return [node.fh, name]
             return self.inodes.child_path(parent, name)
         except StaleInode:
             raise FUSEError(errno.ENOENT) from None
@@ -228,21 +240,28 @@ class MxfsOperations(pyfuse3.Operations):
             if f.epoch == self.rpc.epoch:
                 return
             epoch = self.rpc.epoch
-            try:
-                path = self.inodes.path(f.ino)
-            except StaleInode:  # its name went away while we were disconnected
-                raise FUSEError(errno.ESTALE) from None
+            path = self._reopen_ref(f.ino)
             hid, st = await self.rpc.call(Op.OPEN, path, f.flags & ~_REOPEN_DROP, cred=f.cred)
             self._same_object(f.ino, st, hid, epoch, path)
             f.hid, f.epoch = hid, epoch
-            log.info("reopened %r after reconnect", path)
+            log.info("reopened inode %d after reconnect", f.ino)
 
-    def _same_object(self, ino: int, st: StatTuple, hid: int, epoch: int, path: bytes) -> None:
+    def _reopen_ref(self, ino: int) -> Any:
+        """What reopens an inode after a reconnect: its handle (the file itself, or ESTALE
+        from the server), else its name (ESTALE here if the name went away)."""
+        try:
+            node = self.inodes.get(ino)
+            return node.fh if node.fh is not None else self.inodes.path(ino)
+        except StaleInode:
+            raise FUSEError(errno.ESTALE) from None
+
+    def _same_object(self, ino: int, st: StatTuple, hid: int, epoch: int, path: Any) -> None:
         """A handle reopened by name after a reconnect must reach the object it reached
         before (the name may have been renamed away and reused meanwhile, or the server may
-        export another tree now): if not, the open file is stale, never another file."""
+        export another tree now): if not, the open file is stale, never another file.
+        (Reopened by file handle, it is that file or the server said ESTALE.)"""
         node = self.inodes.get(ino)
-        if node.key is not None and (st[0], st[1]) != node.key:
+        if node.fh is None and node.key is not None and (st[0], st[1]) != node.key:
             self.rpc.post(Op.RELEASE, hid, epoch=epoch)
             log.warning("%r is another file after the reconnect: the open one is stale", path)
             raise FUSEError(errno.ESTALE)
@@ -265,21 +284,21 @@ class MxfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
         cred = self._cred(ctx)
         if name == b".":
-            st = await self.rpc.call(Op.GETATTR, self._path(parent_inode), cred=cred)
+            st = await self.rpc.call(Op.GETATTR, self._ref(parent_inode), cred=cred)
             self.inodes.get(parent_inode).nlookup += 1
             return self._entry(parent_inode, st)
         if name == b"..":
             node = self.inodes.get(parent_inode)
             target = node.parent if node.parent else ROOT_INODE
-            st = await self.rpc.call(Op.GETATTR, self._path(target), cred=cred)
+            st = await self.rpc.call(Op.GETATTR, self._ref(target), cred=cred)
             self.inodes.get(target).nlookup += 1
             return self._entry(target, st)
-        path = self._child(parent_inode, name)
-        st = await self.rpc.call(Op.GETATTR, path, cred=cred)
-        entry = self._learn(parent_inode, name, st)
+        st, fh = await self.rpc.call(Op.LOOKUP, self._child(parent_inode, name), cred=cred)
+        entry = self._learn(parent_inode, name, st, fh)
         if self._has_run(entry.st_ino):  # its size must include what we hold
             await self._settle_inode(entry.st_ino)
-            entry = self._entry(entry.st_ino, await self.rpc.call(Op.GETATTR, path, cred=cred))
+            entry = self._entry(entry.st_ino, await self.rpc.call(
+                Op.GETATTR, self._ref(entry.st_ino), cred=cred))
         return entry
 
     def _has_run(self, ino: int) -> bool:
@@ -310,7 +329,7 @@ class MxfsOperations(pyfuse3.Operations):
                     return self._entry(inode, st)
                 except StaleEpoch:
                     break
-        st = await self.rpc.call(Op.GETATTR, self._path(inode), cred=self._cred(ctx))
+        st = await self.rpc.call(Op.GETATTR, self._ref(inode), cred=self._cred(ctx))
         return self._entry(inode, st)
 
     @_guard
@@ -338,7 +357,7 @@ class MxfsOperations(pyfuse3.Operations):
         if f is not None:
             st = await self._with_file_setattr(f, args, cred)
         else:
-            st = await self.rpc.call(Op.SETATTR, self._path(inode), None, *args, cred=cred)
+            st = await self.rpc.call(Op.SETATTR, self._ref(inode), None, *args, cred=cred)
         entry = self._entry(inode, st)
         self._changed(inode, st)  # the kernel often asks for them again right away
         return entry
@@ -355,39 +374,39 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return await self.rpc.call(Op.READLINK, self._path(inode), cred=self._cred(ctx))
+        return await self.rpc.call(Op.READLINK, self._ref(inode), cred=self._cred(ctx))
 
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> EntryAttributes:
-        st, pst = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
+        st, pst, fh = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
-        return self._learn(parent_inode, name, st)
+        return self._learn(parent_inode, name, st, fh)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
-        st, pst = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
+        st, pst, fh = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
-        return self._learn(parent_inode, name, st)
+        return self._learn(parent_inode, name, st, fh)
 
     @_guard
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: Any) -> EntryAttributes:
-        st, pst = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
+        st, pst, fh = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
-        return self._learn(parent_inode, name, st)
+        return self._learn(parent_inode, name, st, fh)
 
     @_guard
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: Any) -> EntryAttributes:
-        st, pst = await self.rpc.call(Op.LINK, self._path(inode),
+        st, pst, fh = await self.rpc.call(Op.LINK, self._ref(inode),
                                       self._child(new_parent_inode, new_name),
                                       cred=self._cred(ctx))
         self._changed(new_parent_inode, pst)
-        return self._learn(new_parent_inode, new_name, st)
+        return self._learn(new_parent_inode, new_name, st, fh)
 
     @_guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -431,7 +450,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
-        await self.rpc.call(Op.ACCESS, self._path(inode), mode, cred=self._cred(ctx))
+        await self.rpc.call(Op.ACCESS, self._ref(inode), mode, cred=self._cred(ctx))
         return True
 
     # -- files ---------------------------------------------------------------------------------
@@ -454,17 +473,17 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
         cred = self._cred(ctx)
-        hid, st = await self.rpc.call(Op.OPEN, self._path(inode), flags, cred=cred)
+        hid, st = await self.rpc.call(Op.OPEN, self._ref(inode), flags, cred=cred)
         return self._opened(inode, flags, hid, st, cred)
 
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[FileInfo, EntryAttributes]:
         cred = self._cred(ctx)
-        hid, st, pst, created = await self.rpc.call(
+        hid, st, pst, created, fh = await self.rpc.call(
             Op.CREATE, self._child(parent_inode, name), flags, mode, cred=cred)
         self._changed(parent_inode, pst)
-        entry = self._learn(parent_inode, name, st)
+        entry = self._learn(parent_inode, name, st, fh)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self._no_capability(entry.st_ino)
         return self._opened(entry.st_ino, flags, hid, st, cred), entry
@@ -698,7 +717,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
         cred = self._cred(ctx)
-        hid = await self.rpc.call(Op.OPENDIR, self._path(inode), cred=cred)
+        hid = await self.rpc.call(Op.OPENDIR, self._ref(inode), cred=cred)
         fh = next(self._fh)
         self.dirs[fh] = OpenDir(inode, hid, self.rpc.epoch, cred)
         return fh
@@ -707,10 +726,7 @@ class MxfsOperations(pyfuse3.Operations):
         for _ in range(3):
             if d.epoch != self.rpc.epoch:
                 epoch = self.rpc.epoch
-                try:
-                    path = self.inodes.path(d.ino)
-                except StaleInode:
-                    raise FUSEError(errno.ESTALE) from None
+                path = self._reopen_ref(d.ino)
                 hid = await self.rpc.call(Op.OPENDIR, path, cred=d.cred)
                 st = await self.rpc.call(Op.FGETATTR, hid, epoch=epoch)
                 self._same_object(d.ino, st, hid, epoch, path)
@@ -747,15 +763,15 @@ class MxfsOperations(pyfuse3.Operations):
                     return
                 entries, eof = await self._dir_call(d, Op.READDIR, start_id - DOTS)
                 own = start_id
-                for name, nxt, st in entries:
-                    d.buffered.append((own, name, nxt + DOTS, st))
+                for name, nxt, st, efh in entries:
+                    d.buffered.append((own, name, nxt + DOTS, st, efh))
                     own = nxt + DOTS
                 d.eof_after_buffer = bool(eof)
                 if not d.buffered:
                     return
             while d.buffered:
-                own, name, nxt, st = d.buffered[0]
-                entry = self._learn(d.ino, name, st)
+                own, name, nxt, st, efh = d.buffered[0]
+                entry = self._learn(d.ino, name, st, efh)
                 if not pyfuse3.readdir_reply(token, name, entry, nxt):
                     self.inodes.forget(entry.st_ino, 1)
                     return
@@ -829,7 +845,7 @@ class MxfsOperations(pyfuse3.Operations):
         f = self._open_file_of(inode)
         if f is not None:
             return await self._with_file(f, by_handle, *args, cred=cred)
-        return await self.rpc.call(by_path, self._path(inode), *args, cred=cred)
+        return await self.rpc.call(by_path, self._ref(inode), *args, cred=cred)
 
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:

@@ -1,10 +1,12 @@
-"""The client's inode table: FUSE inode numbers <-> server objects and their paths.
+"""The client's inode table: FUSE inode numbers <-> server objects, their handles and names.
 
 How this works
 --------------
-The server is path-based (its requests name paths beneath the export). The client gives each
-server object, identified by its (st_dev, st_ino), one FUSE inode number, so hard links share
-an inode as the kernel expects. Each inode has one current name: (parent inode, name). Its path
+The server names each object by a file handle (protocol 5): the client gives each server
+object, identified by its handle (the same for every hard link of a file), one FUSE inode
+number, so hard links share an inode as the kernel expects, and sends the handle with every
+request on it. Where the server issues no handles (``fh`` None: a server not running as root)
+an object is identified by its (st_dev, st_ino) and named by its path. Each inode has one current name: (parent inode, name). Its path
 is found by walking parents to the root, so renaming a directory is one update, not one per
 descendant. Each inode holds a reference on its parent entry (`children`), so a parent is
 never dropped while a child still names it, whatever order the kernel forgets them in.
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 ROOT_INODE = 1
-Key = tuple[int, int]
+Key = Hashable  # the server's handle, or (st_dev, st_ino) where it gives none
 
 
 class StaleInode(OSError):
@@ -44,6 +48,7 @@ class Inode:
     mtime_ns: int = -1
     handles: set[int] = field(default_factory=set)  # open client file handles
     links: list[tuple[int, bytes]] = field(default_factory=list)  # other hard-link names
+    fh: Any = None  # the server's handle of it (None: named by path)
 
 
 class InodeTable:
@@ -157,16 +162,19 @@ class InodeTable:
             cur = self._inodes.get(cur.parent)
             hops += 1
 
-    def lookup(self, parent: int, name: bytes, key: Key, nlink: int = 1) -> int:
-        """Record that *name* in *parent* is the server object *key*; count one kernel lookup.
-        With ``nlink`` > 1 the name it had so far stays known as another of its names."""
+    def lookup(self, parent: int, name: bytes, key: Key, nlink: int = 1, fh: Any = None) -> int:
+        """Record that *name* in *parent* is the server object *key* (handle *fh*); count one
+        kernel lookup. With ``nlink`` > 1 the name it had so far stays known as another of
+        its names."""
         self.get(parent)  # an unknown parent: StaleInode before anything changes
         ino = self._by_key.get(key)
         if ino is None:
             ino = next(self._ids)
-            self._inodes[ino] = Inode(ino, key)
+            self._inodes[ino] = Inode(ino, key, fh=fh)
             self._by_key[key] = ino
         node = self._inodes[ino]
+        if fh is not None:
+            node.fh = fh
         self._name(node, parent, name, keep_old=nlink > 1)
         node.nlookup += 1
         return ino

@@ -19,6 +19,7 @@ callers pass `epoch=` with handle-based calls and get StaleEpoch to reopen first
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import logging
 import math
@@ -50,6 +51,7 @@ from .rpcproto import (
     StatTuple,
     decode_reply,
     encode_request,
+    is_handle,
     make_match,
     split_match,
 )
@@ -387,9 +389,14 @@ class RpcClient:
 
 
 def _brief(arg: Any) -> str:
-    """An argument as a debug log line shows it: paths in full, payloads by their size."""
+    """An argument as a debug log line shows it: paths in full, a file handle by a short
+    digest of it, a directory entry as [handle, name], payloads by their size."""
     if isinstance(arg, bytes) and len(arg) <= 200:
         return repr(arg)
+    if is_handle(arg):
+        return f"fh:{hashlib.blake2b(arg.data, digest_size=4).hexdigest()}"
+    if type(arg) is list and len(arg) == 2 and is_handle(arg[0]):
+        return f"[{_brief(arg[0])}, {_brief(arg[1])}]"
     if isinstance(arg, bytes | bytearray | memoryview | list):
         return f"<{len(arg)} {type(arg).__name__}>"
     return repr(arg)

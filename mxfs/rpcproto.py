@@ -28,13 +28,18 @@ clients never meet.
                               A WRITE [hid, off, n, hash] carries the data's xxh3-64: the
                               server checks what landed and answers EBADMSG if it differs.
 
-Who asks: every operation in CRED_OPS (those that name a file by path, open one, or change
+Who asks: every operation in CRED_OPS (those that name a file or an entry, open one, or change
 one through a handle) carries the caller's credentials as ``cred = [uid, gid, group...]``
 (at most MAX_GROUPS supplementary groups); other operations carry nil. The server acts with
 them (server/creds.py), after squashing them as its export options say (server/exports.py).
 An op in CRED_OPS that arrives without credentials is served as the anonymous user.
 
-Paths are bytes, "/"-separated and relative to the export root (b"" is the root). Stats
+Files are named by handle (protocol 5): a LOOKUP, a create or a READDIR entry answers with
+the object's handle, an opaque msgpack ext value (type FH_EXT) that the client sends back
+as it got it; a directory entry is named [directory, name]. Where a server cannot issue
+handles (not root, or no handles on its file system) they come back nil and the client names
+files by path instead. Paths are bytes, "/"-separated and relative to the export root
+(b"" is the root). Stats
 travel as the tuple STAT_FIELDS. Nothing here does I/O.
 """
 
@@ -52,7 +57,11 @@ import msgpack
 # 3: READ_HDR carries a checksum; WRITE may; PING tells the server's write verifier
 # 4: every request carries the caller's credentials (nil when the op needs none); no uid/gid
 #    arguments on CREATE/MKNOD/MKDIR/SYMLINK; handle-based xattr ops; SETATTR times "now"
-PROTOCOL_VERSION = 4
+# 5: file handles (msgpack ext type FH_EXT): LOOKUP answers [stat, handle]; MKNOD, MKDIR,
+#    SYMLINK, LINK, CREATE and READDIR entries carry the new object's handle too (nil when the
+#    server cannot issue handles); a file is named by its handle, a directory entry by
+#    [directory handle or path, name]; paths (bytes) are still understood
+PROTOCOL_VERSION = 5
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
@@ -99,6 +108,7 @@ class Op(enum.IntEnum):
     FSETXATTR = 29
     FLISTXATTR = 30
     FREMOVEXATTR = 31
+    LOOKUP = 32
 
 
 EAGER_LIMIT = 32 * 1024           # mxnet sends messages up to this size eagerly
@@ -122,7 +132,7 @@ CRED_OPS = frozenset({
     Op.GETATTR, Op.SETATTR, Op.READLINK, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK,
     Op.RMDIR, Op.RENAME, Op.OPEN, Op.CREATE, Op.OPENDIR, Op.GETXATTR, Op.SETXATTR,
     Op.LISTXATTR, Op.REMOVEXATTR, Op.ACCESS, Op.FGETXATTR, Op.FSETXATTR, Op.FLISTXATTR,
-    Op.FREMOVEXATTR,
+    Op.FREMOVEXATTR, Op.LOOKUP,
 })
 MAX_GROUPS = 1024  # supplementary groups carried per request (Linux allows 65536)
 Cred = list[int]  # [uid, gid, group...]
@@ -204,6 +214,13 @@ def decode_reply(buf: memoryview | bytes) -> tuple[int, Any]:
     if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
         raise ProtocolError("malformed reply")
     return reply[0], reply[1]
+
+
+FH_EXT = 1  # msgpack ext type of a file handle (server/fhandle.py says what is inside)
+
+
+def is_handle(ref: Any) -> bool:
+    return isinstance(ref, msgpack.ExtType) and ref.code == FH_EXT
 
 
 def join_path(parent: bytes, name: bytes) -> bytes:

@@ -169,7 +169,10 @@ async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: byte
 
 async def serve(args: argparse.Namespace, key: bytes, host: str, port: int,
                 transports: list[str]) -> None:
-    export = Export(args.export)
+    export = Export(args.export, secret=key)
+    if export.codec is None:
+        log.warning("no file handles: %s; clients name files by path (a file renamed by "
+                    "another client is reopened by name after a reconnect)", export.no_handles)
     exports = export_options(args)
     prepare_process()  # umask 0: the client's kernel applied the caller's
     fs = FileServer(export, HandleTable(max_per_owner=args.max_handles), exports)

@@ -13,6 +13,12 @@ and is never followed either. Symlink targets are only ever returned as text (re
 client's kernel resolves them on the client, as with NFS.
 
 An attempt to leave the export raises EscapeError (EACCES) and logs one line.
+
+File handles (protocol 5, fhandle.py): wherever a path is accepted, a handle is too (a
+msgpack ext value, resolved by the export's HandleCodec into an O_PATH fd of the object
+itself), and a directory entry may be named [directory handle or path, name]. FileServer
+resolves the handles of a request before it acts as the caller (``resolve_args``: resolving
+needs a capability that the caller's ids drop) and passes the fds down as ``Resolved``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from mxfs.rpcproto import is_handle
+
+from .fhandle import HandleCodec
 
 log = logging.getLogger("mxfs.server")
 
@@ -58,14 +69,73 @@ def check_name(name: bytes) -> None:
         raise OSError(errno.ENAMETOOLONG, "name too long")
 
 
-class Export:
-    """The exported directory tree. All file system access of the server goes through here."""
+class Resolved:
+    """A request's file handle, resolved: an O_PATH fd of the object (FileServer closes it)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class Export:
+    """The exported directory tree. All file system access of the server goes through here.
+
+    *secret* keys the file handles (the same secret: handles survive a restart); without one
+    a random key is used. ``codec`` is None when handles cannot be used (``no_handles``
+    says why): the server then works by path only."""
+
+    def __init__(self, root: str | os.PathLike[str], secret: bytes | None = None,
+                 handles: bool = True) -> None:
         self.root = os.path.realpath(root)
         self.root_fd = os.open(self.root, _DIR_FLAGS)
+        self.codec: HandleCodec | None = None
+        self.no_handles = "turned off"
+        if handles:
+            self.codec, self.no_handles = HandleCodec.create(self.root_fd, secret)
+
+    # -- handles -------------------------------------------------------------------------------
+    def handle_of_fd(self, fd: int) -> bytes | None:
+        return None if self.codec is None else self.codec.of_fd(fd)
+
+    def handle_of(self, dirfd: int, name: bytes) -> bytes | None:
+        return None if self.codec is None else self.codec.of_name(dirfd, name)
+
+    def resolve(self, ref: Any) -> Resolved:
+        """The object a handle names (ESTALE when this server issues no handles)."""
+        if self.codec is None:
+            raise OSError(errno.ESTALE, "this server issues no file handles")
+        return Resolved(self.codec.open(ref.data))
+
+    def resolve_args(self, args: list[Any]) -> tuple[list[Any], list[Resolved]]:
+        """A request's arguments with every handle (alone or as [handle, name]) resolved."""
+        opened: list[Resolved] = []
+        out = list(args)
+        try:
+            for i, a in enumerate(out):
+                if is_handle(a):
+                    out[i] = r = self.resolve(a)
+                    opened.append(r)
+                elif type(a) is list and len(a) == 2 and is_handle(a[0]):
+                    r = self.resolve(a[0])
+                    opened.append(r)
+                    out[i] = [r, a[1]]
+        except BaseException:
+            self.release(opened)
+            raise
+        return out, opened
+
+    @staticmethod
+    def release(opened: list[Resolved]) -> None:
+        for r in opened:
+            if r.fd >= 0:
+                os.close(r.fd)
+                r.fd = -1
 
     def close(self) -> None:
+        if self.codec is not None:
+            self.codec.close()
+            self.codec = None
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
@@ -99,8 +169,40 @@ class Export:
             os.close(fd)
 
     @contextmanager
-    def parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
-        """(parent dir fd, last name) for a path that is not the root."""
+    def ref_fd(self, ref: Any) -> Iterator[int]:
+        """The O_PATH fd of a handle (resolved already, or resolved now)."""
+        if isinstance(ref, Resolved):
+            yield ref.fd
+            return
+        r = self.resolve(ref)
+        try:
+            yield r.fd
+        finally:
+            self.release([r])
+
+    @contextmanager
+    def dir_ref(self, ref: Any) -> Iterator[int]:
+        """An O_PATH fd of the directory a handle or a path names."""
+        if isinstance(ref, Resolved) or is_handle(ref):
+            with self.ref_fd(ref) as fd:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+                yield fd
+            return
+        with self.dir_fd(split_path(ref)) as fd:
+            yield fd
+
+    @contextmanager
+    def parent(self, path: Any) -> Iterator[tuple[int, bytes]]:
+        """(parent dir fd, last name) of an entry: a path that is not the root, or
+        [directory handle or path, name]."""
+        if type(path) is list:
+            if len(path) != 2 or not isinstance(path[1], bytes):
+                raise OSError(errno.EINVAL, "malformed directory entry")
+            check_name(path[1])
+            with self.dir_ref(path[0]) as fd:
+                yield fd, path[1]
+            return
         parts = split_path(path)
         if not parts:
             raise EscapeError("the root has no parent")
@@ -108,8 +210,21 @@ class Export:
             yield fd, parts[-1]
 
     @contextmanager
-    def node_fd(self, path: bytes) -> Iterator[int]:
-        """An O_PATH | O_NOFOLLOW fd of the object named by *path* itself (may be a symlink)."""
+    def node_fd(self, path: Any) -> Iterator[int]:
+        """An O_PATH | O_NOFOLLOW fd of the object named by *path* (or a handle, or an
+        entry [directory, name]) itself (may be a symlink)."""
+        if isinstance(path, Resolved) or is_handle(path):
+            with self.ref_fd(path) as fd:
+                yield fd
+            return
+        if type(path) is list:
+            with self.parent(path) as (pfd, name):
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
         parts = split_path(path)
         if not parts:
             with self.dir_fd([]) as fd:
@@ -130,7 +245,7 @@ class Export:
         with self.dir_fd(parts[:-1]) as pfd:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pfd)
 
-    def open_dir(self, path: bytes) -> int:
+    def open_dir(self, path: Any) -> int:
         """A readable fd of a directory beneath the root (for listing and fsync)."""
         with self.node_fd(path) as fd:
             st = os.fstat(fd)

@@ -25,8 +25,11 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import msgpack
+
 from mxfs.rpcproto import (
     CRED_OPS,
+    FH_EXT,
     PROTOCOL_VERSION,
     READDIR_MAX_BYTES,
     READDIR_MAX_ENTRIES,
@@ -34,15 +37,16 @@ from mxfs.rpcproto import (
     RENAME_NOREPLACE,
     TIME_NOW,
     Op,
+    is_handle,
     stat_tuple,
 )
 
 from .appends import AppendLocks
-from .confine import Export, check_name, proc_path, split_path
+from .confine import Export, Resolved, check_name, proc_path, split_path
 from .creds import Creds, Identity
 from .exports import ExportOptions
 from .handles import Handle, HandleTable
-from .syscalls import renameat2
+from .syscalls import chown_fd, readlink_fd, renameat2, utime_fd
 
 _OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_EXCL | os.O_NOATIME
 _NODE_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
@@ -115,6 +119,7 @@ class FileServer:
             Op.FSETXATTR: self.fsetxattr,
             Op.FLISTXATTR: self.flistxattr,
             Op.FREMOVEXATTR: self.fremovexattr,
+            Op.LOOKUP: self.lookup,
         }
 
     def serve(self, owner: Hashable, op: int, wire_cred: Any, args: list[Any]) -> Any:
@@ -130,6 +135,9 @@ class FileServer:
             raise OSError(errno.ENOSYS, f"unknown operation {op}")
         if self.exports.refuses(op, args):
             raise OSError(errno.EROFS, "read-only export")
+        # file handles are resolved as the server itself (open_by_handle_at needs a
+        # capability that acting as the caller drops), the operation then acts on the fds
+        args, opened = self.export.resolve_args(args)
         try:
             if cred is None or op not in CRED_OPS:
                 return fn(owner, *args)
@@ -143,9 +151,15 @@ class FileServer:
             # wrong argument count, types or ranges (a mode of -1, an offset past 2**63) from a
             # confused client
             raise OSError(errno.EINVAL, f"bad arguments: {e}") from None
+        finally:
+            if opened:
+                self.export.release(opened)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _lstat(self, path: bytes) -> list[int]:
+    def _lstat(self, path: Any) -> list[int]:
+        if not isinstance(path, bytes):  # a handle, or [directory, name]
+            with self.export.node_fd(path) as fd:
+                return stat_tuple(os.fstat(fd))
         parts = split_path(path)
         if not parts:
             return stat_tuple(os.stat(self.export.root_fd))
@@ -169,18 +183,23 @@ class FileServer:
         that open is where the kernel checks the caller's permission."""
         nfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            mode = os.fstat(nfd).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError(errno.EISDIR, "is a directory")
-            if stat.S_ISLNK(mode):
-                raise OSError(errno.ELOOP, "is a symbolic link")
-            if not stat.S_ISREG(mode):
-                # the client took it for a regular file: its view is stale (its kernel looks
-                # the name up again and opens the FIFO or device on its own side)
-                raise OSError(errno.ESTALE, "not a regular file")
-            return os.open(proc_path(nfd), flags | os.O_CLOEXEC)
+            return FileServer._open_node(nfd, flags)
         finally:
             os.close(nfd)
+
+    @staticmethod
+    def _open_node(nfd: int, flags: int) -> int:
+        """open() for I/O of the object an O_PATH fd refers to: only a regular file."""
+        mode = os.fstat(nfd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "is a symbolic link")
+        if not stat.S_ISREG(mode):
+            # the client took it for a regular file: its view is stale (its kernel looks
+            # the name up again and opens the FIFO or device on its own side)
+            raise OSError(errno.ESTALE, "not a regular file")
+        return os.open(proc_path(nfd), flags | os.O_CLOEXEC)
 
     def _file(self, owner: Hashable, hid: int) -> Handle:
         return self.handles.get(owner, hid, is_dir=False)
@@ -194,8 +213,25 @@ class FileServer:
         return [s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
                 s.f_favail, s.f_namemax]
 
-    def getattr(self, owner: Hashable, path: bytes) -> list[int]:
+    def getattr(self, owner: Hashable, path: Any) -> list[int]:
         return self._lstat(path)
+
+    def lookup(self, owner: Hashable, entry: Any) -> list[Any]:
+        """[stat, handle] of an entry [directory, name], or of a path (b"": the root); the
+        handle is nil when this server issues none."""
+        with self.export.node_fd(entry) as fd:
+            st = stat_tuple(os.fstat(fd))
+            return [st, self._handle(self.export.handle_of_fd(fd))]
+
+    @staticmethod
+    def _handle(h: bytes | None) -> Any:
+        return None if h is None else msgpack.ExtType(FH_EXT, h)
+
+    def _handle_at(self, pfd: int, name: bytes) -> Any:
+        try:
+            return self._handle(self.export.handle_of(pfd, name))
+        except FileNotFoundError:  # gone already (another client): it is looked up later
+            return None
 
     def fgetattr(self, owner: Hashable, hid: int) -> list[int]:
         return stat_tuple(os.fstat(self.handles.get(owner, hid).fd))
@@ -206,6 +242,13 @@ class FileServer:
         if type(mode) is not int or mode & ~(os.R_OK | os.W_OK | os.X_OK):
             raise OSError(errno.EINVAL, "bad access mode")
         self._lstat(path)  # ENOENT, EACCES on the way: as access(2) reports them
+        if not isinstance(path, bytes):
+            with self.export.node_fd(path) as nfd:
+                ok = (stat.S_ISLNK(os.fstat(nfd).st_mode)  # (symlinks are 0777)
+                      or os.access(proc_path(nfd), mode, effective_ids=True))
+            if not ok:
+                raise PermissionError(errno.EACCES, "access denied")
+            return
         parts = split_path(path)
         with self.export.dir_fd(parts[:-1]) as pfd:
             ok = (os.access(proc_path(pfd), mode, effective_ids=True) if not parts else
@@ -214,7 +257,7 @@ class FileServer:
         if not ok:
             raise PermissionError(errno.EACCES, "access denied")
 
-    def setattr(self, owner: Hashable, path: bytes, hid: int | None, mode: int | None,
+    def setattr(self, owner: Hashable, path: Any, hid: int | None, mode: int | None,
                 uid: int | None, gid: int | None, size: int | None, atime_ns: int | None,
                 mtime_ns: int | None) -> list[int]:
         if hid is not None:
@@ -246,6 +289,12 @@ class FileServer:
                 if stat.S_ISLNK(st.st_mode):
                     raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
                 self._chmod(proc_path(nfd), nfd, mode)
+            if not isinstance(path, bytes):  # a handle: owner and times through the fd
+                if uid is not None or gid is not None:
+                    chown_fd(nfd, -1 if uid is None else uid, -1 if gid is None else gid)
+                if atime_ns is not None or mtime_ns is not None:
+                    utime_fd(nfd, _times(st, atime_ns, mtime_ns))
+                return stat_tuple(os.fstat(nfd))
         if uid is not None or gid is not None or atime_ns is not None or mtime_ns is not None:
             parts = split_path(path)
             if not parts:
@@ -284,7 +333,10 @@ class FileServer:
             else:
                 os.utime(target, ns=times, **kw)
 
-    def readlink(self, owner: Hashable, path: bytes) -> bytes:
+    def readlink(self, owner: Hashable, path: Any) -> bytes:
+        if isinstance(path, Resolved) or is_handle(path):
+            with self.export.node_fd(path) as fd:
+                return readlink_fd(fd)
         with self.export.parent(path) as (pfd, name):
             return os.readlink(name, dir_fd=pfd)
 
@@ -297,24 +349,37 @@ class FileServer:
         with self.export.parent(path) as (pfd, name):
             check_name(name)
             os.mknod(name, mode, rdev, dir_fd=pfd)  # devices: the caller needs CAP_MKNOD
-            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
+            return self._made(pfd, name)
 
     def mkdir(self, owner: Hashable, path: bytes, mode: int) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.mkdir(name, mode, dir_fd=pfd)
-            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
+            return self._made(pfd, name)
 
     def symlink(self, owner: Hashable, path: bytes, target: bytes) -> list[int]:
         if not target or b"\0" in target:
             raise OSError(errno.EINVAL, "bad symlink target")
         with self.export.parent(path) as (pfd, name):
             os.symlink(target, name, dir_fd=pfd)
-            return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd)]
+            return self._made(pfd, name)
 
-    def link(self, owner: Hashable, src: bytes, dst: bytes) -> list[int]:
+    def _made(self, pfd: int, name: bytes) -> list[Any]:
+        """A new node's answer: its attributes, its directory's, its handle."""
+        return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd),
+                self._handle_at(pfd, name)]
+
+    def link(self, owner: Hashable, src: Any, dst: Any) -> list[Any]:
+        if isinstance(src, Resolved) or is_handle(src):
+            # the object itself, through its /proc link (linkat's AT_EMPTY_PATH would need
+            # CAP_DAC_READ_SEARCH, which acting as the caller drops)
+            with self.export.node_fd(src) as nfd, self.export.parent(dst) as (dpfd, dname):
+                if stat.S_ISDIR(os.fstat(nfd).st_mode):
+                    raise PermissionError(errno.EPERM, "hard link to a directory")
+                os.link(proc_path(nfd), dname, dst_dir_fd=dpfd, follow_symlinks=True)
+                return self._made(dpfd, dname)
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
             os.link(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd, follow_symlinks=False)
-            return [stat_tuple(os.stat(dname, dir_fd=dpfd, follow_symlinks=False)), _dir_st(dpfd)]
+            return self._made(dpfd, dname)
 
     def unlink(self, owner: Hashable, path: bytes) -> list[int]:
         with self.export.parent(path) as (pfd, name):
@@ -346,7 +411,11 @@ class FileServer:
                                kill_privs=self._kills_privs())
         return [hid, stat_tuple(st)]
 
-    def open(self, owner: Hashable, path: bytes, flags: int) -> list[Any]:
+    def open(self, owner: Hashable, path: Any, flags: int) -> list[Any]:
+        if not isinstance(path, bytes):  # a handle, or [directory, name]
+            with self.export.node_fd(path) as nfd:
+                fd = self._open_node(nfd, flags & (_OPEN_KEEP & ~os.O_EXCL))
+            return self._register(owner, fd, flags)
         parts = split_path(path)
         if not parts:
             raise IsADirectoryError(errno.EISDIR, "the root is a directory")
@@ -368,8 +437,13 @@ class FileServer:
                 fd = self._open_regular(pfd, name, keep & ~os.O_EXCL)
                 created = False
             parent_st = _dir_st(pfd)
+        try:
+            fh = self._handle(self.export.handle_of_fd(fd))
+        except BaseException:
+            os.close(fd)
+            raise
         # created: the file is new (no xattrs yet), not one that existed under that name
-        return [*self._register(owner, fd, flags), parent_st, created]
+        return [*self._register(owner, fd, flags), parent_st, created, fh]
 
     def release(self, owner: Hashable, hid: int) -> None:
         self.handles.close(owner, hid)
@@ -438,12 +512,12 @@ class FileServer:
         return [n, stat_tuple(st)]
 
     # -- directories ---------------------------------------------------------------------------
-    def opendir(self, owner: Hashable, path: bytes) -> int:
+    def opendir(self, owner: Hashable, path: Any) -> int:
         fd = self.export.open_dir(path)
         return self.handles.add(owner, fd, is_dir=True)
 
     def readdir(self, owner: Hashable, hid: int, off: int) -> list[Any]:
-        """[[name, next_offset, stat], ...], eof. Offsets are entry ordinals (1 = after first).
+        """[[name, next_offset, stat, handle], ...], eof. Offsets are entry ordinals (1 = after first).
 
         Listing continues the handle's scandir stream when *off* is where it stands (the normal
         sequential case, any directory size); otherwise it restarts and skips *off* entries.
@@ -471,8 +545,8 @@ class FileServer:
             except FileNotFoundError:
                 continue
             name = os.fsencode(entry.name)
-            out.append([name, cur.pos, stat_tuple(st)])
-            used += len(name) + 120
+            out.append([name, cur.pos, stat_tuple(st), self._handle_at(h.fd, name)])
+            used += len(name) + 170
         return [out, False]
 
     # -- extended attributes -------------------------------------------------------------------
@@ -503,27 +577,27 @@ class FileServer:
         names = [os.fsencode(n) for n in os.listxattr(target)]
         return names if self._privileged() else [n for n in names if self._may_read_xattr(n)]
 
-    def getxattr(self, owner: Hashable, path: bytes, name: bytes) -> bytes:
+    def getxattr(self, owner: Hashable, path: Any, name: bytes) -> bytes:
         with self.export.node_fd(path) as nfd:
             target = self._xattr_target(nfd, False)
             if target is None:
                 raise OSError(errno.ENODATA, "no such attribute")
             return self._get(target, name)
 
-    def setxattr(self, owner: Hashable, path: bytes, name: bytes, value: bytes,
+    def setxattr(self, owner: Hashable, path: Any, name: bytes, value: bytes,
                  flags: int = 0) -> None:
         self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.setxattr(self._xattr_target(nfd, True), name, value, flags)  # type: ignore[arg-type]
 
-    def listxattr(self, owner: Hashable, path: bytes) -> list[bytes]:
+    def listxattr(self, owner: Hashable, path: Any) -> list[bytes]:
         with self.export.node_fd(path) as nfd:
             target = self._xattr_target(nfd, False)
             if target is None:
                 return []
             return self._list(target)
 
-    def removexattr(self, owner: Hashable, path: bytes, name: bytes) -> None:
+    def removexattr(self, owner: Hashable, path: Any, name: bytes) -> None:
         self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.removexattr(self._xattr_target(nfd, True), name)  # type: ignore[arg-type]

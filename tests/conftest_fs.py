@@ -50,10 +50,11 @@ class ServerProc:
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.log = export.parent / f"server-{id(self)}.log"
+        self.wrap: list[str] = []  # a command the server runs under (e.g. setpriv)
 
     def start(self, timeout: float = 15.0) -> ServerProc:
         self.proc = subprocess.Popen(
-            [PY, "-m", "server", str(self.export), "--listen", f"127.0.0.1:{self.port}",
+            [*self.wrap, PY, "-m", "server", str(self.export), "--listen", f"127.0.0.1:{self.port}",
              "--secret-file", str(self.secret_file), "-v",
              *(["-o", self.options] if self.options else [])],
             stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True, env=env(), cwd=ROOT)

@@ -131,7 +131,7 @@ def test_debug_option_logs_every_request(tmp_path):
         m.stop()
         server.stop()
     log = m.log.read_text()
-    for expected in ("GETATTR(b'f') -> ENOENT", "CREATE(b'f', ", "WRITE(1, 0, 5) -> ok",
+    for expected in ("LOOKUP(b'f') -> ENOENT", "CREATE(b'f', ", "WRITE(1, 0, 5) -> ok",
                      "READ(", "RELEASE(1) posted", "UNLINK(b'f') -> ok in "):
         assert expected in log, expected
 

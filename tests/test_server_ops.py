@@ -47,7 +47,7 @@ def test_request_roundtrip_keeps_inline_view():
 
 
 def test_create_write_read_stat(fs, tmp_path):
-    hid, st, parent, created = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640])
+    hid, st, parent, created, _fh = fs.call(A, Op.CREATE, [b"f", os.O_RDWR, 0o640])
     assert created is True
     assert stat.S_ISREG(st[2]) and stat.S_IMODE(st[2]) == 0o640
     assert stat.S_ISDIR(parent[2]) and parent[11] == os.stat(tmp_path).st_mtime_ns
@@ -66,11 +66,11 @@ def test_create_write_read_stat(fs, tmp_path):
 
 
 def test_create_exclusive(fs):
-    hid, _, _, created = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
+    hid, _, _, created, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])
     assert created
     with pytest.raises(FileExistsError):
         fs.call(A, Op.CREATE, [b"f", os.O_WRONLY | os.O_EXCL, 0o644])
-    hid2, _, _, created = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists: opened
+    hid2, _, _, created, _ = fs.call(A, Op.CREATE, [b"f", os.O_WRONLY, 0o644])  # exists: opened
     assert not created
     assert hid2 != hid
 
@@ -122,17 +122,17 @@ def post_op(reply: list, directory) -> list:
 
 
 def test_namespace_ops(fs, tmp_path):
-    d, parent = fs.call(A, Op.MKDIR, [b"d", 0o755])
+    d, parent, _ = fs.call(A, Op.MKDIR, [b"d", 0o755])
     assert stat.S_ISDIR(d[2])
     assert post_op(parent, tmp_path)[3] == 3  # ".", "..", and d's ".." now
-    _, parent = fs.call(A, Op.MKNOD, [b"d/fifo", stat.S_IFIFO | 0o644, 0])
+    _, parent, _ = fs.call(A, Op.MKNOD, [b"d/fifo", stat.S_IFIFO | 0o644, 0])
     post_op(parent, tmp_path / "d")
     assert stat.S_ISFIFO(os.lstat(tmp_path / "d" / "fifo").st_mode)
     fs.call(A, Op.SYMLINK, [b"d/ln", b"../elsewhere"])
     assert os.readlink(tmp_path / "d" / "ln") == "../elsewhere"
     (tmp_path / "a").write_bytes(b"A")
     (tmp_path / "b").write_bytes(b"B")
-    st, parent = fs.call(A, Op.LINK, [b"a", b"d/a2"])
+    st, parent, _ = fs.call(A, Op.LINK, [b"a", b"d/a2"])
     assert st[3] == 2
     post_op(parent, tmp_path / "d")
     with pytest.raises(FileExistsError):
@@ -171,7 +171,7 @@ def test_readdir_streams_with_stable_offsets(fs, tmp_path):
     off = 0
     while True:
         entries, eof = fs.call(A, Op.READDIR, [hid, off])
-        for name, nxt, st in entries:
+        for name, nxt, st, _fh in entries:
             seen.append(name)
             offsets.append(nxt)
             assert stat.S_ISREG(st[2])
