@@ -185,3 +185,25 @@ def sh(cmd: str, cwd: Path | str | None = None, check: bool = True,
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd!r} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+@contextlib.contextmanager
+def small_export(tmp: Path, size: str = "8m") -> Iterator[Path]:
+    """tmp/export as a tmpfs of *size* (a full disk on demand), unmounted afterwards."""
+    export = tmp / "export"
+    export.mkdir()
+    sh(f"mount -t tmpfs -o size={size} mxfs-test {export}")
+    try:
+        yield export
+    finally:
+        subprocess.run(["umount", "-l", str(export)], capture_output=True)
+
+
+def errno_of(fn, *args) -> int:  # noqa: ANN001
+    """The errno fn(*args) fails with, 0 if it works."""
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno or 0
+    return 0
+

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ def as_user(cmd: str, *, groups: str = "", check: bool = True, timeout: float = 
 def transport(request):
     return request.param
 
-
-@pytest.fixture
-def open_tmp():
-    """A scratch directory every user can traverse (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="mxfs-creds-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_rename_over_race_gives_eacces(open_tmp, transport):

@@ -10,14 +10,11 @@ reconnected.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
-from conftest_fs import cluster, needs_fuse, sh
+from conftest_fs import cluster, errno_of, needs_fuse, small_export
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -26,23 +23,6 @@ MB = 1024 * KB
 EXPORT_MB = 4  # MiB: the export's size
 
 
-@contextlib.contextmanager
-def small_export(tmp: Path, size: str):
-    export = tmp / "export"
-    export.mkdir()
-    sh(f"mount -t tmpfs -o size={size} mxfs-enospc {export}")
-    try:
-        yield export
-    finally:
-        subprocess.run(["umount", "-l", str(export)], capture_output=True)
-
-
-def _errno_of(fn, *args) -> int:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 @pytest.mark.parametrize("transport", ["mx", "gm"])
@@ -62,12 +42,12 @@ def test_full_disk_gives_enospc_and_the_mount_keeps_working(tmp_path, transport)
                 # queue and the error surfaced in the server's task), a race a few percent of
                 # large WDATA messages lose; 160 of them make it near certain.
                 for _ in range(EXPORT_MB + 160):
-                    errors.add(_errno_of(os.write, fd, block))
+                    errors.add(errno_of(os.write, fd, block))
                     if errors - {0, errno.ENOSPC}:
                         break
-                synced = _errno_of(os.fsync, fd)
+                synced = errno_of(os.fsync, fd)
             finally:
-                closed = _errno_of(os.close, fd)
+                closed = errno_of(os.close, fd)
             # the error is reported (at a write, or at fsync/close if every write had
             # returned before it happened), and it is ENOSPC: never EIO or EBADF, the
             # answers of a dropped connection

@@ -5,11 +5,9 @@ unlinked file work as on a local file system."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,15 +21,6 @@ pytestmark = [needs_fuse]
 def transport(request):
     return request.param
 
-
-@pytest.fixture
-def open_tmp():
-    d = Path(tempfile.mkdtemp(prefix="mxfs-nodes-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_mknod_every_kind_and_the_mount_is_nodev(open_tmp, transport):

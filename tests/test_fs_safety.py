@@ -13,10 +13,9 @@ import errno
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest_fs import ServerProc, cluster, needs_fuse, sh
+from conftest_fs import ServerProc, cluster, errno_of, needs_fuse, small_export
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -25,23 +24,6 @@ MB = 1024 * KB
 TRANSPORTS = pytest.mark.parametrize("transport", ["mx", "gm"])
 
 
-@contextlib.contextmanager
-def small_export(tmp: Path, size: str = "8m"):
-    export = tmp / "export"
-    export.mkdir()
-    sh(f"mount -t tmpfs -o size={size} mxfs-test {export}")
-    try:
-        yield export
-    finally:
-        subprocess.run(["umount", "-l", str(export)], capture_output=True)
-
-
-def _errno_of(fn, *args) -> int:
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 @TRANSPORTS
@@ -56,9 +38,9 @@ def test_enospc_survives_a_child_closing_its_copy(tmp_path, transport):
                 with contextlib.suppress(OSError):
                     os.write(fd, block)
             subprocess.run(["true"], check=True, close_fds=True)
-            assert _errno_of(os.fsync, fd) == errno.ENOSPC
+            assert errno_of(os.fsync, fd) == errno.ENOSPC
         finally:
-            closed = _errno_of(os.close, fd)
+            closed = errno_of(os.close, fd)
         assert closed == errno.ENOSPC
         # the mount keeps working once there is room again
         os.unlink(m.mnt / "big")
@@ -78,15 +60,15 @@ def test_dup_and_child_each_see_the_error_at_close(tmp_path, transport):
                 os.write(fd, b"y" * (4 * KB))
         pid = os.fork()
         if pid == 0:  # the child closes its copy and reports what close said
-            os._exit(_errno_of(os.close, fd))
+            os._exit(errno_of(os.close, fd))
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == errno.ENOSPC
-        assert _errno_of(os.close, dup) == errno.ENOSPC
-        assert _errno_of(os.fsync, fd) == errno.ENOSPC
-        assert _errno_of(os.fsync, fd) == 0  # fsync reports an error once per description
-        assert _errno_of(os.close, fd) == errno.ENOSPC
-        assert _errno_of(os.fsync, other) == errno.ENOSPC  # the other description too
-        assert _errno_of(os.close, other) == errno.ENOSPC
+        assert errno_of(os.close, dup) == errno.ENOSPC
+        assert errno_of(os.fsync, fd) == errno.ENOSPC
+        assert errno_of(os.fsync, fd) == 0  # fsync reports an error once per description
+        assert errno_of(os.close, fd) == errno.ENOSPC
+        assert errno_of(os.fsync, other) == errno.ENOSPC  # the other description too
+        assert errno_of(os.close, other) == errno.ENOSPC
 
 
 @pytest.mark.slow
@@ -114,9 +96,9 @@ def test_server_restart_under_unsynced_writes_is_reported(tmp_path, transport):
                     ServerProc.__init__(server, server.export, server.secret_file, server.port)
                     server.start()
                     restarted = True
-            fsync_err = _errno_of(os.fsync, fd)
+            fsync_err = errno_of(os.fsync, fd)
         finally:
-            close_err = _errno_of(os.close, fd)
+            close_err = errno_of(os.close, fd)
         assert restarted
         # data went to a server run that is gone before any fsync: that must be reported
         assert fsync_err == errno.EIO, (fsync_err, failed_writes)
