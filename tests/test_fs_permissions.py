@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ pytestmark = [needs_fuse, pytest.mark.skipif(shutil.which("runuser") is None,
 
 def _as_nobody(cmd: str, check: bool = True):
     return sh(f"runuser -u nobody -- sh -c {cmd!r}", check=check)
-
-
-@pytest.fixture
-def open_tmp():
-    """A scratch directory every user can traverse (pytest's tmp_path is root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="mxfs-perm-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_non_root_user_permissions(open_tmp: Path) -> None:
