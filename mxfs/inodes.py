@@ -110,9 +110,24 @@ class InodeTable:
                 self._maybe_drop(parent)
         while promote and node.links and not node.parent:
             p, n = node.links.pop(0)
-            if p in self._inodes and self._by_name.get((p, n)) == node.ino:
-                self._inodes[p].children += 1
-                node.parent, node.name = p, n
+            if self._by_name.get((p, n)) != node.ino:
+                continue
+            if p not in self._inodes or self._under(p, node.ino):
+                del self._by_name[(p, n)]  # (a name beneath itself: the table is stale)
+                continue
+            self._inodes[p].children += 1
+            node.parent, node.name = p, n
+
+    def _under(self, ino: int, ancestor: int) -> bool:
+        """Is *ino* the inode *ancestor* or beneath it, as far as the table knows?"""
+        hops = 0
+        while ino and hops < 4096:
+            if ino == ancestor:
+                return True
+            node = self._inodes.get(ino)
+            ino = node.parent if node is not None else 0
+            hops += 1
+        return False
 
     def _drop_name(self, node: Inode, parent: int, name: bytes) -> None:
         """(parent, name) no longer names node: its current name or one of its links."""
@@ -244,6 +259,8 @@ class InodeTable:
         if not node.parent:
             self._name(node, parent, name)
         elif (parent, name) != (node.parent, node.name):
+            if self._under(parent, node.ino):
+                return  # a name beneath itself: impossible on a real tree (the server refuses)
             if (parent, name) not in node.links:
                 node.links.append((parent, name))
             self._by_name[(parent, name)] = node.ino
