@@ -61,7 +61,7 @@ class Endpoint:
             raise ValueError(f"unknown transport {transport!r} (use 'mx' or 'gm')")
         if not key:
             raise ValueError("an endpoint needs a non-empty key")
-        self.key = key
+        self._key = key  # the shared secret: used by the handshake, never exposed
         self.transport = transport
         self.config = config
         self.stats = Statistics(transport=transport)
@@ -108,7 +108,7 @@ class Endpoint:
             with trio.fail_after(timeout):
                 sock = await _connect_tcp(host, port)
                 try:
-                    window = await handshake.client_side(sock, self.key, self.transport,
+                    window = await handshake.client_side(sock, self._key, self.transport,
                                                          self._window)
                 except BaseException:
                     sock.close()
@@ -496,7 +496,7 @@ class Endpoint:
     async def _accept_one(self, sock: socket.socket, addr: Any) -> None:
         try:
             with trio.fail_after(self.config.handshake_timeout):
-                window = await handshake.server_side(sock, self.key, self.transport,
+                window = await handshake.server_side(sock, self._key, self.transport,
                                                      self._window)
         except (ConnectError, trio.TooSlowError, OSError) as e:
             sock.close()

@@ -141,7 +141,7 @@ class HandleCodec:
     """Issues and resolves the wire handles of one export (see the module docstring)."""
 
     def __init__(self, root_fd: int, key: bytes) -> None:
-        self.key = key
+        self._key = key  # the HMAC key (derived from the shared secret)
         self._inside: dict[tuple[int, int], float] = {}  # directory -> checked until
         # open_by_handle_at wants an fd of the file system that is not O_PATH
         self.mount_fd = os.open(f"/proc/self/fd/{root_fd}",
@@ -181,7 +181,7 @@ class HandleCodec:
     # -- issuing -------------------------------------------------------------------------------
     def _wrap(self, htype: int, data: bytes) -> bytes:
         body = _HEAD.pack(VERSION, self.export_id, htype) + data
-        return body + hmac.digest(self.key, body, "sha256")[:TAG_LEN]
+        return body + hmac.digest(self._key, body, "sha256")[:TAG_LEN]
 
     def of_fd(self, fd: int) -> bytes:
         """The wire handle of the object an fd (O_PATH too) refers to."""
@@ -198,7 +198,7 @@ class HandleCodec:
         if not isinstance(wire, bytes) or len(wire) < _HEAD.size + TAG_LEN or len(wire) > MAX_WIRE:
             raise BadHandle("malformed")
         body, tag = wire[:-TAG_LEN], wire[-TAG_LEN:]
-        if not hmac.compare_digest(hmac.digest(self.key, body, "sha256")[:TAG_LEN], tag):
+        if not hmac.compare_digest(hmac.digest(self._key, body, "sha256")[:TAG_LEN], tag):
             log.warning("refused: a file handle with a bad tag (forged or altered)")
             raise BadHandle("bad tag")
         version, export_id, htype = _HEAD.unpack_from(body)
