@@ -12,8 +12,11 @@ the server exports another tree. Without a file handle it is reopened by name an
 same (st_dev, st_ino), or it is ESTALE.
 
 Consistency: every EntryAttributes carries the short attr/entry timeouts of the mount options.
-Writes are synchronous (no writeback cache: the data is at the server when write() returns),
-so close-to-open holds for readers elsewhere. On open the file's fresh size/mtime come back
+The kernel's writeback cache stays off; small writes are gathered by write-behind
+(writeback.py) and reach the server before close, fsync, read, stat or readdir of the file
+returns, so close-to-open holds for readers elsewhere. A failed run is kept per file
+(writeerrors.py: Linux's errseq, plus the server's write verifier) and reported to every open
+file at its next write, fsync and close. On open the file's fresh size/mtime come back
 with the handle; the page cache is dropped (keep_cache=False) and, if they changed, the
 kernel's cached attributes are invalidated so the new size is seen at once.
 
