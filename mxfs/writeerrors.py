@@ -64,16 +64,16 @@ class WriteErrors:
         self.recorded += 1
 
     def for_write(self, ino: int, cur: Cursor) -> int:
-        seq, err = self._errors.get(ino, (0, 0))
-        if seq > cur.written:
-            cur.written = seq
-            return err
-        return 0
+        return self._take(ino, cur, "written")
 
     def for_fsync(self, ino: int, cur: Cursor) -> int:
+        return self._take(ino, cur, "fsynced")
+
+    def _take(self, ino: int, cur: Cursor, which: str) -> int:
+        """The inode's error if newer than the cursor's *which* sample, which then moves on."""
         seq, err = self._errors.get(ino, (0, 0))
-        if seq > cur.fsynced:
-            cur.fsynced = seq
+        if seq > getattr(cur, which):
+            setattr(cur, which, seq)
             return err
         return 0
 
