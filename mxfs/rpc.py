@@ -24,7 +24,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,17 +38,21 @@ from .rpcproto import (
     CHECKSUM_MISMATCH,
     CRED_OPS,
     INLINE_MAX,
+    KIND_MASK,
+    KIND_SHIFT,
     LARGE_REPLY_OPS,
     MASK_ALL,
     PROTOCOL_VERSION,
     READ_HDR,
     REPLY_LARGE,
     REPLY_SMALL,
+    RID_MASK,
     Cred,
     Kind,
     Op,
     ProtocolError,
     StatTuple,
+    decode_breaks,
     decode_reply,
     encode_request,
     is_handle,
@@ -59,6 +63,10 @@ from .rpcproto import (
 log = logging.getLogger("mxfs.rpc")
 
 RECONNECT_GRACE = 1.0  # how long a call waits for a lost server to come back
+BREAK_SLOTS = 4  # BREAK receives kept posted (the server sends few at once: see callbacks)
+BREAK_BUF = 64 * 1024  # a longer BREAK is truncated and taken as "forget everything"
+
+BreakHandler = Callable[[int, "list[tuple[tuple[int, int], int, list[bytes]]] | None"], None]
 
 
 class RpcError(OSError):
@@ -97,6 +105,11 @@ class RpcClient:
         self._expired: set[int] = set()  # calls the watchdog gave up on
         self._connected = trio.Event()
         self._lost = trio.Event()
+        # callbacks (protocol 6): the server keeps promises for this connection
+        self.callbacks = False
+        self.breaks_received = 0
+        self.on_break: BreakHandler | None = None  # (seq, entries, or None: forget all)
+        self.on_reset: Callable[[], None] | None = None  # connection lost or new
         self.debug = log.isEnabledFor(logging.DEBUG)  # -o debug: log every request
         if self.debug:  # (an instance attribute: the normal path keeps no extra layer)
             self.call = self._logged_call  # type: ignore[method-assign]
@@ -131,6 +144,11 @@ class RpcClient:
             await self.ep.disconnect(peer)
             raise mxnet.ConnectError(f"server {self.host}:{self.port} refused: {why}")
         self.epoch += 1
+        if self.on_reset is not None:
+            self.on_reset()  # promises of an earlier connection are void
+        if self.callbacks:
+            for _ in range(BREAK_SLOTS):
+                self._post_break(peer)
         self._connected.set()
         log.info("connected to %s:%d (epoch %d)", self.host, self.port, self.epoch)
 
@@ -146,7 +164,44 @@ class RpcClient:
             return (f"it speaks mxfs protocol {version}, this client {PROTOCOL_VERSION}: "
                     "run the same mxfs version on both sides")
         self.verifier = info.get("verifier")
+        self.callbacks = bool(info.get("callbacks"))
         return None
+
+    def _post_break(self, peer: Any) -> None:
+        buf = bytearray(BREAK_BUF)
+        rx = self.ep.irecv([mxnet.user(buf)], int(Kind.BREAK) << KIND_SHIFT, KIND_MASK,
+                           peer=peer)
+        rx.add_done_callback(lambda r: self._break_arrived(r.status, buf, peer))
+
+    def _break_arrived(self, st: Any, buf: bytearray, peer: Any) -> None:
+        """A BREAK landed (a completion callback: must not block). The handler drops what
+        it names from the caches and acknowledges it (ack_break) once the kernel has too."""
+        if peer is not self.peer or peer.lost or self.ep.closed:
+            return  # a lost connection's promises are dropped all together (on_reset)
+        self._post_break(peer)
+        if st.code not in (mxnet.StatusCode.SUCCESS, mxnet.StatusCode.TRUNCATED):
+            return
+        self.breaks_received += 1
+        seq = st.match & RID_MASK
+        try:
+            entries = decode_breaks(memoryview(buf)[:st.xfer_length]) if st.ok else None
+        except ProtocolError as e:
+            log.warning("malformed callback break from the server (%s): forgetting all", e)
+            entries = None
+        if self.on_break is not None:
+            self.on_break(seq, entries)
+        else:  # nothing cached here
+            self.ack_break(seq)
+
+    def ack_break(self, seq: int) -> None:
+        """Tell the server a BREAK is done with (sequence 0 wants no answer)."""
+        peer = self.peer
+        if not seq or peer is None or peer.lost:
+            return
+        try:
+            self.ep.isend(peer, [mxnet.user(b"")], make_match(Kind.BREAK_ACK, seq))
+        except mxnet.MxError as e:
+            log.debug("acknowledging break %d failed: %s", seq, e)
 
     def _on_peer_lost(self, peer: Any) -> None:
         if peer is self.peer:
@@ -154,6 +209,8 @@ class RpcClient:
             self.peer = None
             self._connected = trio.Event()
             self._lost.set()
+            if self.callbacks and self.on_reset is not None:
+                self.on_reset()  # nobody tells us of changes now
 
     async def reconnector(self) -> None:
         """Background task: whenever the server is lost, connect again until it answers."""

@@ -41,6 +41,17 @@ handles (not root, or no handles on its file system) they come back nil and the 
 files by path instead. Paths are bytes, "/"-separated and relative to the export root
 (b"" is the root). Stats
 travel as the tuple STAT_FIELDS. Nothing here does I/O.
+
+Callbacks (protocol 6): every answer that tells a client about an object (its attributes, a
+directory's names, including a name that does not exist, a file opened for its data) is also
+a promise: the server remembers it (server/callbacks.py) and, before it answers any change
+of that object by another client, sends the holder a BREAK message, msgpack
+[[st_dev, st_ino, flags, names or nil], ...], and waits for its BREAK_ACK (bounded: a client
+that does not answer in time is disconnected, and a client drops everything it cached when
+its connection ends). The client may therefore answer from its cache, and let its kernel
+cache, for as long as it holds the promise. Flags say what changed: BREAK_ATTR the
+attributes, BREAK_DATA the file's data, BREAK_NAMES the names listed (of a directory),
+BREAK_ALL anything (the promise was dropped: forget all of it).
 """
 
 from __future__ import annotations
@@ -61,7 +72,9 @@ import msgpack
 #    SYMLINK, LINK, CREATE and READDIR entries carry the new object's handle too (nil when the
 #    server cannot issue handles); a file is named by its handle, a directory entry by
 #    [directory handle or path, name]; paths (bytes) are still understood
-PROTOCOL_VERSION = 5
+# 6: callbacks: PING tells "callbacks"; the server sends BREAK messages, the client answers
+#    each with a BREAK_ACK (see "Callbacks" above)
+PROTOCOL_VERSION = 6
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
@@ -74,6 +87,8 @@ class Kind(enum.IntEnum):
     REPLY = 2
     RDATA = 3
     WDATA = 4
+    BREAK = 5      # server -> client: what you cached changed (rid: the break's sequence)
+    BREAK_ACK = 6  # client -> server: done with that break (same sequence)
 
 
 class Op(enum.IntEnum):
@@ -214,6 +229,34 @@ def decode_reply(buf: memoryview | bytes) -> tuple[int, Any]:
     if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
         raise ProtocolError("malformed reply")
     return reply[0], reply[1]
+
+
+BREAK_ATTR = 1
+BREAK_DATA = 2
+BREAK_NAMES = 4
+BREAK_ALL = 8
+BREAK_BATCH = 256  # entries per BREAK message
+BreakEntry = list[Any]  # [st_dev, st_ino, flags, names or nil]
+
+
+def encode_breaks(entries: Sequence[BreakEntry]) -> bytes:
+    return msgpack.packb(list(entries), use_bin_type=True)
+
+
+def decode_breaks(buf: memoryview | bytes) -> list[tuple[tuple[int, int], int, list[bytes]]]:
+    """[((st_dev, st_ino), flags, names), ...] of a BREAK message, or ProtocolError."""
+    entries = _unpack(buf, "break")
+    out = []
+    if not isinstance(entries, list):
+        raise ProtocolError("malformed break")
+    for e in entries:
+        if (not isinstance(e, list) or len(e) != 4
+                or not all(type(x) is int for x in e[:3])
+                or not (e[3] is None or (isinstance(e[3], list)
+                                         and all(isinstance(n, bytes) for n in e[3])))):
+            raise ProtocolError("malformed break entry")
+        out.append(((e[0], e[1]), e[2], e[3] or []))
+    return out
 
 
 FH_EXT = 1  # msgpack ext type of a file handle (server/fhandle.py says what is inside)

@@ -28,6 +28,8 @@ from typing import Any
 import msgpack
 
 from mxfs.rpcproto import (
+    BREAK_ATTR,
+    BREAK_DATA,
     CRED_OPS,
     FH_EXT,
     PROTOCOL_VERSION,
@@ -42,6 +44,7 @@ from mxfs.rpcproto import (
 )
 
 from .appends import AppendLocks
+from .callbacks import Callbacks
 from .confine import Export, Resolved, check_name, proc_path, split_path
 from .creds import Creds, Identity
 from .exports import ExportOptions
@@ -67,6 +70,21 @@ def _dir_st(pfd: int) -> list[int]:
     return stat_tuple(os.fstat(pfd))
 
 
+def _key(st: Any) -> tuple[int, int]:
+    """(st_dev, st_ino) of a stat tuple (the wire's) or an os.stat_result."""
+    if isinstance(st, os.stat_result):
+        return st.st_dev, st.st_ino
+    return st[0], st[1]
+
+
+def _entry_st(pfd: int, name: bytes) -> os.stat_result | None:
+    """The attributes of what *name* names in the directory now (None: nothing)."""
+    try:
+        return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
 def _times(st: os.stat_result, atime: Any, mtime: Any) -> tuple[int, int] | None:
     """utime's ns argument for a SETATTR's times (None: both "now", as utimensat(NULL),
     which needs only write permission; explicit times need ownership)."""
@@ -90,6 +108,8 @@ class FileServer:
         # unsynced writes went to an earlier run learns they may be lost (as NFS's)
         self.verifier = int.from_bytes(os.urandom(8), "little")
         self.appends = AppendLocks()  # shared by the services of every transport
+        self.callbacks = Callbacks()  # who caches what (every transport's clients)
+        self.routes: dict[Hashable, Any] = {}  # client -> the service it came in through
         self._table: dict[int, Callable[..., Any]] = {
             Op.PING: self.ping,
             Op.STATFS: self.statfs,
@@ -156,6 +176,19 @@ class FileServer:
                 self.export.release(opened)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _told(self, owner: Hashable, st: Any) -> Any:
+        """*owner* is told these attributes (a stat tuple or result): a promise on the object."""
+        self.callbacks.grant(owner, _key(st))
+        return st
+
+    def _dir_changed(self, owner: Hashable, pst: Any, *names: bytes) -> None:
+        """Entries of the directory (its attributes *pst*) were added, removed or replaced."""
+        self.callbacks.changed(owner, _key(pst), BREAK_ATTR, names)
+        self._told(owner, pst)
+
+    def _obj_changed(self, owner: Hashable, st: Any, flags: int = BREAK_ATTR) -> None:
+        self.callbacks.changed(owner, _key(st), flags)
+
     def _lstat(self, path: Any) -> list[int]:
         if not isinstance(path, bytes):  # a handle, or [directory, name]
             with self.export.node_fd(path) as fd:
@@ -206,7 +239,7 @@ class FileServer:
 
     # -- metadata ------------------------------------------------------------------------------
     def ping(self, owner: Hashable) -> dict[str, Any]:
-        return {"version": PROTOCOL_VERSION, "verifier": self.verifier}
+        return {"version": PROTOCOL_VERSION, "verifier": self.verifier, "callbacks": True}
 
     def statfs(self, owner: Hashable) -> list[int]:
         s = os.fstatvfs(self.export.root_fd)
@@ -214,14 +247,26 @@ class FileServer:
                 s.f_favail, s.f_namemax]
 
     def getattr(self, owner: Hashable, path: Any) -> list[int]:
-        return self._lstat(path)
+        return self._told(owner, self._lstat(path))
 
     def lookup(self, owner: Hashable, entry: Any) -> list[Any]:
         """[stat, handle] of an entry [directory, name], or of a path (b"": the root); the
         handle is nil when this server issues none."""
+        if type(entry) is list or (type(entry) is bytes and entry):  # an entry of a directory:
+            # a promise on the directory's names too, whether the name exists or not
+            with self.export.parent(entry) as (pfd, name):
+                self._told(owner, os.fstat(pfd))
+                nfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                return self._found(owner, nfd)
+            finally:
+                os.close(nfd)
         with self.export.node_fd(entry) as fd:
-            st = stat_tuple(os.fstat(fd))
-            return [st, self._handle(self.export.handle_of_fd(fd))]
+            return self._found(owner, fd)
+
+    def _found(self, owner: Hashable, fd: int) -> list[Any]:
+        st = self._told(owner, stat_tuple(os.fstat(fd)))
+        return [st, self._handle(self.export.handle_of_fd(fd))]
 
     @staticmethod
     def _handle(h: bytes | None) -> Any:
@@ -234,7 +279,7 @@ class FileServer:
             return None
 
     def fgetattr(self, owner: Hashable, hid: int) -> list[int]:
-        return stat_tuple(os.fstat(self.handles.get(owner, hid).fd))
+        return self._told(owner, stat_tuple(os.fstat(self.handles.get(owner, hid).fd)))
 
     def access(self, owner: Hashable, path: bytes, mode: int) -> None:
         """As access(2) for the caller: faccessat(AT_EACCESS) checks the thread's fsuid,
@@ -260,6 +305,13 @@ class FileServer:
     def setattr(self, owner: Hashable, path: Any, hid: int | None, mode: int | None,
                 uid: int | None, gid: int | None, size: int | None, atime_ns: int | None,
                 mtime_ns: int | None) -> list[int]:
+        st = self._setattr(owner, path, hid, mode, uid, gid, size, atime_ns, mtime_ns)
+        self._obj_changed(owner, st, BREAK_ATTR | (BREAK_DATA if size is not None else 0))
+        return self._told(owner, st)
+
+    def _setattr(self, owner: Hashable, path: Any, hid: int | None, mode: int | None,
+                 uid: int | None, gid: int | None, size: int | None, atime_ns: int | None,
+                 mtime_ns: int | None) -> list[int]:
         if hid is not None:
             fd = self.handles.get(owner, hid).fd
             if mode is not None:
@@ -349,24 +401,26 @@ class FileServer:
         with self.export.parent(path) as (pfd, name):
             check_name(name)
             os.mknod(name, mode, rdev, dir_fd=pfd)  # devices: the caller needs CAP_MKNOD
-            return self._made(pfd, name)
+            return self._made(owner, pfd, name)
 
     def mkdir(self, owner: Hashable, path: bytes, mode: int) -> list[int]:
         with self.export.parent(path) as (pfd, name):
             os.mkdir(name, mode, dir_fd=pfd)
-            return self._made(pfd, name)
+            return self._made(owner, pfd, name)
 
     def symlink(self, owner: Hashable, path: bytes, target: bytes) -> list[int]:
         if not target or b"\0" in target:
             raise OSError(errno.EINVAL, "bad symlink target")
         with self.export.parent(path) as (pfd, name):
             os.symlink(target, name, dir_fd=pfd)
-            return self._made(pfd, name)
+            return self._made(owner, pfd, name)
 
-    def _made(self, pfd: int, name: bytes) -> list[Any]:
-        """A new node's answer: its attributes, its directory's, its handle."""
-        return [stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)), _dir_st(pfd),
-                self._handle_at(pfd, name)]
+    def _made(self, owner: Hashable, pfd: int, name: bytes) -> list[Any]:
+        """A new name's answer: its object's attributes, its directory's, its handle."""
+        st = self._told(owner, stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)))
+        pst = _dir_st(pfd)
+        self._dir_changed(owner, pst, name)
+        return [st, pst, self._handle_at(pfd, name)]
 
     def link(self, owner: Hashable, src: Any, dst: Any) -> list[Any]:
         if isinstance(src, Resolved) or is_handle(src):
@@ -376,27 +430,48 @@ class FileServer:
                 if stat.S_ISDIR(os.fstat(nfd).st_mode):
                     raise PermissionError(errno.EPERM, "hard link to a directory")
                 os.link(proc_path(nfd), dname, dst_dir_fd=dpfd, follow_symlinks=True)
-                return self._made(dpfd, dname)
+                return self._linked(owner, dpfd, dname)
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
             os.link(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd, follow_symlinks=False)
-            return self._made(dpfd, dname)
+            return self._linked(owner, dpfd, dname)
+
+    def _linked(self, owner: Hashable, dpfd: int, dname: bytes) -> list[Any]:
+        made = self._made(owner, dpfd, dname)
+        self._obj_changed(owner, made[0])  # its link count
+        return made
 
     def unlink(self, owner: Hashable, path: bytes) -> list[int]:
-        with self.export.parent(path) as (pfd, name):
-            os.unlink(name, dir_fd=pfd)
-            return _dir_st(pfd)
+        return self._remove(owner, path, os.unlink)
 
     def rmdir(self, owner: Hashable, path: bytes) -> list[int]:
+        return self._remove(owner, path, os.rmdir)
+
+    def _remove(self, owner: Hashable, path: bytes, remove: Callable[..., None]) -> list[int]:
         with self.export.parent(path) as (pfd, name):
-            os.rmdir(name, dir_fd=pfd)
-            return _dir_st(pfd)
+            gone = _entry_st(pfd, name)
+            remove(name, dir_fd=pfd)
+            pst = _dir_st(pfd)
+        self._dir_changed(owner, pst, name)
+        if gone is not None:
+            self._obj_changed(owner, gone)  # its link count
+        return pst
 
     def rename(self, owner: Hashable, src: bytes, dst: bytes, flags: int = 0) -> list[list[int]]:
         if type(flags) is not int or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, f"unsupported rename flags {flags!r}")
         with self.export.parent(src) as (spfd, sname), self.export.parent(dst) as (dpfd, dname):
+            moved, replaced = _entry_st(spfd, sname), _entry_st(dpfd, dname)
             renameat2(spfd, sname, dpfd, dname, flags)
-            return [_dir_st(spfd), _dir_st(dpfd)]
+            spst, dpst = _dir_st(spfd), _dir_st(dpfd)
+        if _key(spst) == _key(dpst):
+            self._dir_changed(owner, spst, sname, dname)
+        else:
+            self._dir_changed(owner, spst, sname)
+            self._dir_changed(owner, dpst, dname)
+        for st in (moved, replaced):
+            if st is not None:
+                self._obj_changed(owner, st)  # ctime, link count, a directory's ".."
+        return [spst, dpst]
 
     # -- files ---------------------------------------------------------------------------------
     def _register(self, owner: Hashable, fd: int, flags: int) -> list[Any]:
@@ -409,7 +484,9 @@ class FileServer:
             raise
         hid = self.handles.add(owner, fd, append=bool(flags & os.O_APPEND),
                                kill_privs=self._kills_privs())
-        return [hid, stat_tuple(st)]
+        if flags & os.O_TRUNC:
+            self._obj_changed(owner, st, BREAK_ATTR | BREAK_DATA)
+        return [hid, self._told(owner, stat_tuple(st))]
 
     def open(self, owner: Hashable, path: Any, flags: int) -> list[Any]:
         if not isinstance(path, bytes):  # a handle, or [directory, name]
@@ -442,6 +519,8 @@ class FileServer:
         except BaseException:
             os.close(fd)
             raise
+        if created:
+            self._dir_changed(owner, parent_st, name)
         # created: the file is new (no xattrs yet), not one that existed under that name
         return [*self._register(owner, fd, flags), parent_st, created, fh]
 
@@ -509,7 +588,8 @@ class FileServer:
             if kill:
                 os.chmod(fd, stat.S_IMODE(st.st_mode) & ~kill)
                 st = os.fstat(fd)
-        return [n, stat_tuple(st)]
+        self._obj_changed(owner, st, BREAK_ATTR | BREAK_DATA)
+        return [n, self._told(owner, stat_tuple(st))]
 
     # -- directories ---------------------------------------------------------------------------
     def opendir(self, owner: Hashable, path: Any) -> int:
@@ -523,6 +603,7 @@ class FileServer:
         sequential case, any directory size); otherwise it restarts and skips *off* entries.
         """
         h = self.handles.get(owner, hid, is_dir=True)
+        self._told(owner, os.fstat(h.fd))  # a promise on its names
         cur = h.cursor
         if cur.it is None or cur.pos != off:
             cur.close()
@@ -545,7 +626,8 @@ class FileServer:
             except FileNotFoundError:
                 continue
             name = os.fsencode(entry.name)
-            out.append([name, cur.pos, stat_tuple(st), self._handle_at(h.fd, name)])
+            out.append([name, cur.pos, self._told(owner, stat_tuple(st)),
+                        self._handle_at(h.fd, name)])
             used += len(name) + 170
         return [out, False]
 
@@ -589,6 +671,7 @@ class FileServer:
         self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.setxattr(self._xattr_target(nfd, True), name, value, flags)  # type: ignore[arg-type]
+            self._obj_changed(owner, os.fstat(nfd))
 
     def listxattr(self, owner: Hashable, path: Any) -> list[bytes]:
         with self.export.node_fd(path) as nfd:
@@ -601,6 +684,7 @@ class FileServer:
         self._check_write_xattr(name)
         with self.export.node_fd(path) as nfd:
             os.removexattr(self._xattr_target(nfd, True), name)  # type: ignore[arg-type]
+            self._obj_changed(owner, os.fstat(nfd))
 
     # through an open file (it may have no name any more: unlinked while open)
     def fgetxattr(self, owner: Hashable, hid: int, name: bytes) -> bytes:
@@ -609,11 +693,15 @@ class FileServer:
     def fsetxattr(self, owner: Hashable, hid: int, name: bytes, value: bytes,
                   flags: int = 0) -> None:
         self._check_write_xattr(name)
-        os.setxattr(self._file(owner, hid).fd, name, value, flags)
+        fd = self._file(owner, hid).fd
+        os.setxattr(fd, name, value, flags)
+        self._obj_changed(owner, os.fstat(fd))
 
     def flistxattr(self, owner: Hashable, hid: int) -> list[bytes]:
         return self._list(self._file(owner, hid).fd)
 
     def fremovexattr(self, owner: Hashable, hid: int, name: bytes) -> None:
         self._check_write_xattr(name)
-        os.removexattr(self._file(owner, hid).fd, name)
+        fd = self._file(owner, hid).fd
+        os.removexattr(fd, name)
+        self._obj_changed(owner, os.fstat(fd))

@@ -10,12 +10,18 @@ RDATA message, the data leaving with mxnet.file: sendfile on mx) — then posts 
 again. A request that must wait (a READ of cold pages, a WRITE whose data follows as WDATA
 into mxnet.file (splice), FSYNC in a worker thread) goes to a task, and its buffer is posted
 again when that task is done. Errors become an errno in the reply; a request never ends the
-server. When a peer is lost, its handles are closed.
+server. When a peer is lost, its handles are closed and its callbacks dropped.
+
+Callbacks: whatever the operation owes other clients (callbacks.py: they cached what it
+changed) is taken when its reply is due; the reply then waits in a task until every one of
+them acknowledged its BREAK message, at most break_timeout seconds: a client that has not
+answered by then is disconnected (it drops its caches when its connection ends).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 from typing import Any
@@ -25,6 +31,7 @@ import xxhash
 
 import mxnet
 from mxfs.rpcproto import (
+    BREAK_BATCH,
     CHECKSUM_MISMATCH,
     KIND_MASK,
     KIND_SHIFT,
@@ -34,10 +41,12 @@ from mxfs.rpcproto import (
     REQ_BUF_SIZE,
     REQ_SLOTS,
     RID_MASK,
+    BreakEntry,
     Kind,
     Op,
     ProtocolError,
     decode_request,
+    encode_breaks,
     encode_reply,
     make_match,
 )
@@ -50,6 +59,7 @@ from .ops import FileServer
 log = logging.getLogger("mxfs.server")
 
 _OPENING = (Op.OPEN, Op.CREATE, Op.OPENDIR)
+_break_seqs = itertools.count(1)  # BREAK message numbers (0: no acknowledgement wanted)
 
 
 def _op_name(op: int) -> str:
@@ -68,9 +78,13 @@ def _write_args(args: list[Any]) -> tuple[int, int, int, int | None]:
 
 class Service:
     def __init__(self, ep: Any, fs: FileServer, *, slots: int = REQ_SLOTS,
-                 data_timeout: float = 30.0) -> None:
+                 data_timeout: float = 30.0, break_timeout: float = 5.0) -> None:
         self.ep = ep
         self.fs = fs
+        self.break_timeout = break_timeout
+        self.breaks_sent = 0  # BREAK messages (to this transport's clients)
+        self.breaks_waited = 0  # replies that waited for other clients' acknowledgements
+        self.breaks_unanswered = 0  # clients disconnected for not acknowledging in time
         self.slots = slots
         self.data_timeout = data_timeout
         self.requests = 0
@@ -88,6 +102,8 @@ class Service:
 
     def _peer_lost(self, peer: Any) -> None:
         n = self.fs.handles.close_owner(peer)
+        self.fs.callbacks.drop(peer)
+        self.fs.routes.pop(peer, None)
         log.info("client %s gone; closed %d handle(s)", getattr(peer, "address", peer), n)
 
     async def run(self) -> None:
@@ -109,6 +125,8 @@ class Service:
             self._post(buf)
             return
         msg = memoryview(buf)[:st.xfer_length]
+        if st.source not in self.fs.routes:
+            self.fs.routes[st.source] = self  # BREAKs for this client go out through us
         try:
             served = self._serve_now(st, msg, truncated=not st.ok)
         except Exception:  # never let one request stop the server
@@ -208,6 +226,69 @@ class Service:
         return errno.EIO
 
     def _reply(self, peer: Any, rid: int, op: int, err: int, result: Any) -> None:
+        if self.fs.callbacks.pending():  # (taken before any other request can run)
+            breaks, evictions = self.fs.callbacks.take()
+            for owner, entries in evictions.items():
+                self._send_breaks(owner, entries, ack=False)
+            if breaks:
+                self.breaks_waited += 1
+                self._nursery.start_soon(self._reply_after_breaks, breaks, peer, rid, op, err,
+                                         result)
+                return
+        self._send_reply(peer, rid, op, err, result)
+
+    async def _reply_after_breaks(self, breaks: dict[Any, list[BreakEntry]], peer: Any,
+                                  rid: int, op: int, err: int, result: Any) -> None:
+        acks: list[tuple[Any, Any]] = []
+        for owner, entries in breaks.items():
+            acks += [(owner, r) for r in self._send_breaks(owner, entries, ack=True)]
+        late: set[Any] = set()
+        try:
+            with trio.move_on_after(self.break_timeout):
+                for _, req in acks:
+                    await req.wait()
+        finally:
+            for owner, req in acks:
+                if not req.done:
+                    req.cancel()
+                    late.add(owner)
+        for owner in late:
+            if not owner.lost:
+                self.breaks_unanswered += 1
+                log.warning("client %s did not acknowledge a callback break within %g s: "
+                            "disconnecting it", getattr(owner, "address", owner),
+                            self.break_timeout)
+                self.fs.callbacks.drop(owner)
+                route = self.fs.routes.get(owner, self)
+                await route.ep.disconnect(owner)
+        self._send_reply(peer, rid, op, err, result)
+
+    def _send_breaks(self, owner: Any, entries: list[BreakEntry], *, ack: bool) -> list[Any]:
+        """BREAK messages to *owner* through the endpoint it came in on; with *ack*, the
+        receives of their acknowledgements (already posted)."""
+        route = self.fs.routes.get(owner)
+        if route is None or owner.lost:
+            return []
+        acks = []
+        for i in range(0, len(entries), BREAK_BATCH):
+            seq = next(_break_seqs) if ack else 0
+            try:
+                if ack:
+                    acks.append(route.ep.irecv([mxnet.user(bytearray(0))],
+                                               make_match(Kind.BREAK_ACK, seq), MASK_ALL,
+                                               peer=owner))
+                route.ep.isend(owner, [mxnet.user(encode_breaks(entries[i:i + BREAK_BATCH]))],
+                               make_match(Kind.BREAK, seq))
+                route.breaks_sent += 1
+            except mxnet.MxError as e:  # its queue is full or it is gone: it must not
+                log.warning("cannot send a callback break to %s (%s)",  # keep trusting
+                            getattr(owner, "address", owner), e)  # its cache
+                self.fs.callbacks.drop(owner)
+                self._nursery.start_soon(route.ep.disconnect, owner)
+                break
+        return acks
+
+    def _send_reply(self, peer: Any, rid: int, op: int, err: int, result: Any) -> None:
         if peer.lost:
             if not err and op in _OPENING:
                 self.fs.handles.close_owner(peer)  # opened for a client that is already gone
@@ -345,5 +426,9 @@ class Service:
         d["checksum_bytes_hashed"] = self.hasher.hashed_bytes
         d["checksum_bytes_copied"] = self.hasher.copied_bytes
         d["checksum_mismatches"] = self.checksum_mismatches
+        d["breaks_sent"] = self.breaks_sent
+        d["breaks_waited"] = self.breaks_waited
+        d["breaks_unanswered"] = self.breaks_unanswered
+        d["callbacks"] = self.fs.callbacks.statistics()
         return d
 
