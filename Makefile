@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 deps: sysdeps $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check mxnet mxfs server tests bench
+	$(VENV)/bin/ruff check mxnet fsproto mxfs server tests bench
 
 test: deps lint
 	$(VENV)/bin/pytest -q

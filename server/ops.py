@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     CRED_OPS,
     FH_EXT,
     PROTOCOL_VERSION,

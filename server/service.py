@@ -24,11 +24,10 @@ import trio
 import xxhash
 
 import mxnet
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     CHECKSUM_MISMATCH,
     KIND_MASK,
     KIND_SHIFT,
-    MASK_ALL,
     MAX_READ,
     READ_HDR,
     REQ_BUF_SIZE,
@@ -41,6 +40,7 @@ from mxfs.rpcproto import (
     encode_reply,
     make_match,
 )
+from mxnet import MASK_ALL
 
 from . import pagecache
 from .checksum import Hasher
