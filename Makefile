@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 deps: sysdeps $(STAMP)
 
 lint: deps
-	$(VENV)/bin/ruff check mxnet mxfs server tests bench
+	$(VENV)/bin/ruff check mxnet fsproto mxfs server tests bench tools
 
 test: deps lint
 	$(VENV)/bin/pytest -q
@@ -43,10 +43,10 @@ test-fast: deps
 	$(VENV)/bin/pytest -q -m "not slow"
 
 demo: deps
-	$(PY) -m mxfs.demo
+	$(PY) -m tools.demo
 
 demo-stop: deps
-	$(PY) -m mxfs.demo --stop
+	$(PY) -m tools.demo --stop
 
 bench: deps
 	$(PY) -m bench

@@ -106,10 +106,10 @@ def fmt_rows(rows: list[dict]) -> str:
 
 
 def run_mxnet(cfg: Config, out: Path) -> str:
-    say(f"mxnet transport benchmark: python -m mxnet.bench {' '.join(cfg.mxnet_args)} "
+    say(f"mxnet transport benchmark: python -m bench.transport {' '.join(cfg.mxnet_args)} "
         f"--out {out}")
-    p = procs.spawn([sys.executable, "-m", "mxnet.bench", *cfg.mxnet_args, "--out", str(out)],
-                    "mxnet.bench", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    p = procs.spawn([sys.executable, "-m", "bench.transport", *cfg.mxnet_args, "--out", str(out)],
+                    "bench.transport", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     assert p.stdout is not None
     lines = []
     for raw in p.stdout:
@@ -119,7 +119,7 @@ def run_mxnet(cfg: Config, out: Path) -> str:
     rc = p.wait()
     procs.forget(p)
     if rc != 0:
-        raise BenchError(f"python -m mxnet.bench failed (exit {rc}):\n" + "\n".join(lines[-20:]))
+        raise BenchError(f"python -m bench.transport failed (exit {rc}):\n" + "\n".join(lines[-20:]))
     md = out / "mxnet.md"
     return md.read_text() if md.exists() else ""
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/var/tmp",
                     help="where peers keep their data (same disk for every peer)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
-    ap.add_argument("--skip-mxnet", action="store_true", help="do not run python -m mxnet.bench")
+    ap.add_argument("--skip-mxnet", action="store_true", help="do not run python -m bench.transport")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: must run as root (mounts, drop_caches, sshd, glusterd)", file=sys.stderr)
@@ -362,7 +362,7 @@ def render(header, agg, peers, tgt, mxnet_md, stats, pngs, out: Path) -> str:
     if (out / "mxnet" / "mxnet.png").exists():
         L += ["![mxnet](mxnet/mxnet.png)"]
     if mxnet_md:
-        L += ["", "## Transport: `python -m mxnet.bench`", "", mxnet_md.strip()]
+        L += ["", "## Transport: `python -m bench.transport`", "", mxnet_md.strip()]
     if stats:
         L += ["", "## mxfs counters at the end of the run (`mxfs stats`)", ""]
         for name, raw in stats.items():

@@ -6,7 +6,8 @@
 #                          unmounts cleanly, a server outage is ridden out by its reconnect
 #   bench [SIZE_MB]        mount like a client, write a SIZE_MB file (default 256), drop it
 #                          from this client's page cache, read it back: one line of MB/s
-#   bench mxnet [ARGS]     python -m mxnet.bench ARGS (the transport micro-benchmark)
+#   bench mxnet [ARGS]     python -m bench.transport ARGS (the transport micro-benchmark,
+#                          from /opt/mxfs/tools)
 #   health-server          healthcheck: the server listens (used by compose)
 #   health-client          healthcheck: $MXFS_MOUNT is an mxfs mount (used by compose)
 #   anything else          run as a command
@@ -74,7 +75,8 @@ case "$role" in
   bench)
     if [ "${1:-}" = mxnet ]; then
       shift
-      exec python3 -m mxnet.bench --out /tmp/mxnet-bench "$@"
+      export PYTHONPATH=/opt/mxfs/tools${PYTHONPATH:+:$PYTHONPATH}
+      exec python3 -m bench.transport --out /tmp/mxnet-bench "$@"
     fi
     size=${1:-256}
     transport=${MXFS_TRANSPORT:-mx}

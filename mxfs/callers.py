@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .rpcproto import MAX_GROUPS, Cred
+from fsproto.rpc import MAX_GROUPS, Cred
 
 TTL = 1.0
 SIZE = 512

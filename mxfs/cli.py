@@ -20,11 +20,17 @@ import subprocess
 import sys
 from typing import Any, NoReturn
 
-from .mounttab import MOUNTINFO, MXFS_FSTYPE, find_mounts, mountpoint_problem, topmost
+from .mounttab import (
+    MOUNTINFO,
+    MXFS_FSTYPE,
+    STATS_XATTR,
+    find_mounts,
+    mountpoint_problem,
+    topmost,
+)
 from .options import MountOptions, OptionError, parse_options
 
 PROG = "mxfs"
-STATS_XATTR = "user.mxfs.stats"
 
 
 def _err(msg: str) -> int:

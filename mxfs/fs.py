@@ -49,11 +49,13 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError
 
+from fsproto.rpc import RENAME_EXCHANGE, RENAME_NOREPLACE, TIME_NOW, Cred, Op, StatTuple
+
 from .callers import Callers
 from .inodes import ROOT_INODE, InodeTable, StaleInode
+from .mounttab import STATS_XATTR
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
-from .rpcproto import RENAME_EXCHANGE, RENAME_NOREPLACE, TIME_NOW, Cred, Op, StatTuple
 from .writeback import (
     APPEND_MAX,
     MAX_AGE,
@@ -68,7 +70,6 @@ from .writeerrors import Cursor, WriteErrors
 
 log = logging.getLogger("mxfs")
 
-STATS_XATTR = b"user.mxfs.stats"
 CAPABILITY = b"security.capability"
 DOTS = 2  # readdir offsets 1 and 2 are "." and ".."
 _REOPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC

@@ -14,11 +14,12 @@ import pyfuse3
 import trio
 
 import mxnet
+from fsproto.errors import leaf_exception
 
 from .fs import MxfsOperations
 from .mounttab import find_mounts, mountpoint_problem, topmost
 from .options import MountOptions, OptionError
-from .rpc import RpcError, leaf_exception, open_client
+from .rpc import RpcError, open_client
 
 log = logging.getLogger("mxfs")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 MOUNTINFO = "/proc/self/mountinfo"
 MXFS_FSTYPE = "fuse.mxfs"  # fuse.<subtype>: the mount passes subtype=mxfs
+STATS_XATTR = b"user.mxfs.stats"  # on the mount's root: its statistics as JSON (mxfs stats)
 # a FUSE mount whose process died or hangs answers stat() with these
 DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.ECONNABORTED})
 

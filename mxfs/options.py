@@ -6,6 +6,10 @@ import math
 import os
 from dataclasses import dataclass
 
+from fsproto.address import parse_address
+from fsproto.errors import OptionError
+from fsproto.secret import read_secret
+
 DEFAULT_SECRET_FILES = ("/etc/mxfs/secret",)
 
 # Options mount(8) hands to helpers; accepted and ignored (or mapped) so `mount -t fuse.mxfs` works.
@@ -14,10 +18,6 @@ _IGNORED = frozenset({
     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
     "strictatime", "nodiratime", "diratime", "async", "sync", "loud", "silent", "x-systemd.automount",
 })
-
-
-class OptionError(ValueError):
-    pass
 
 
 @dataclass
@@ -47,44 +47,16 @@ class MountOptions:
             if not path:
                 continue
             try:
-                with open(path, "rb") as f:
-                    key = f.read().strip()
+                return read_secret(path)
             except OSError as e:
                 if self.secret_file:
                     raise OptionError(f"cannot read secret file {path}: {e.strerror}") from None
-                continue
-            if not key:
-                raise OptionError(f"secret file {path} is empty")
-            return key
         raise OptionError("no secret: give -o secret_file=FILE (or set MXFS_SECRET_FILE)")
 
 
 # Numeric options: the smallest value each accepts. Every one must be a finite number.
 # (timeout: below 0.1 s every request would time out and the watchdog would spin)
 NUMERIC_MINIMUM = {"timeout": 0.1, "attr_timeout": 0.0, "entry_timeout": 0.0}
-
-
-def parse_address(spec: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """'host:port', '[v6]:port' -> (host, port). Port 0 ("any free port") only with
-    *allow_zero*."""
-    if spec.startswith("["):
-        host, sep, rest = spec[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise OptionError(f"bad address {spec!r} (want HOST:PORT)")
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = spec.rpartition(":")
-        if not sep:
-            raise OptionError(f"bad address {spec!r} (want HOST:PORT)")
-    if not host:
-        raise OptionError(f"bad address {spec!r}: no host")
-    if not (port_s.isascii() and port_s.isdigit()):
-        raise OptionError(f"bad port in {spec!r}: {port_s!r} is not a port number")
-    port = int(port_s)
-    low = 0 if allow_zero else 1
-    if not low <= port <= 65535:
-        raise OptionError(f"port out of range in {spec!r}: want {low}..65535")
-    return host, port
 
 
 def parse_number(name: str, value: str) -> float:

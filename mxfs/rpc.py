@@ -32,16 +32,15 @@ import trio
 import xxhash
 
 import mxnet
-
-from .bufpool import BufferPool
-from .rpcproto import (
+from fsproto.address import PORT_MAX, gm_port
+from fsproto.errors import leaf_exception
+from fsproto.rpc import (
     CHECKSUM_MISMATCH,
     CRED_OPS,
     INLINE_MAX,
     KIND_MASK,
     KIND_SHIFT,
     LARGE_REPLY_OPS,
-    MASK_ALL,
     PROTOCOL_VERSION,
     READ_HDR,
     REPLY_LARGE,
@@ -59,6 +58,9 @@ from .rpcproto import (
     make_match,
     split_match,
 )
+from mxnet import MASK_ALL
+
+from .bufpool import BufferPool
 
 log = logging.getLogger("mxfs.rpc")
 
@@ -121,14 +123,14 @@ class RpcClient:
     async def connect(self, timeout: float | None = None) -> None:
         t = self.timeout if timeout is None else timeout
         peer = None
-        if self.transport == "gm" and not self._port_known and self.port < 65535:
+        if self.transport == "gm" and not self._port_known and gm_port(self.port) <= PORT_MAX:
             # a server of both transports listens for gm one port above the address users
             # give (mx's): try there first, so its mx side never sees a gm handshake
             try:
-                peer = await self.ep.connect(self.host, self.port + 1, timeout=min(t, 2.0))
-                self.port += 1
+                peer = await self.ep.connect(self.host, gm_port(self.port), timeout=min(t, 2.0))
+                self.port = gm_port(self.port)
             except (mxnet.ConnectError, OSError) as e:
-                log.debug("no gm endpoint at port %d (%s): trying %d", self.port + 1, e,
+                log.debug("no gm endpoint at port %d (%s): trying %d", gm_port(self.port), e,
                           self.port)
         if peer is None:
             peer = await self.ep.connect(self.host, self.port, timeout=t)
@@ -489,9 +491,3 @@ async def open_client(host: str, port: int, *, key: bytes, transport: str = "mx"
             raise leaf from None  # a plain error for the caller, not a trio exception group
         raise
 
-
-def leaf_exception(e: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups from trio nurseries."""
-    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
-        e = e.exceptions[0]
-    return e

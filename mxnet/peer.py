@@ -23,10 +23,9 @@ from typing import Any
 import trio
 
 from .segments import FileRange
-from .sockio import Splicer
+from .sockio import IOV_MAX, Splicer
 from .stats import Statistics
 
-IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 _ZEROS = memoryview(bytes(1 << 16))
 
 

@@ -21,8 +21,9 @@ from typing import NoReturn
 import trio
 
 import mxnet
-from mxfs.options import OptionError, parse_address
-from mxfs.rpc import leaf_exception
+from fsproto.address import gm_port, highest_port, listen_port, parse_address
+from fsproto.errors import OptionError, leaf_exception
+from fsproto.secret import read_secret
 
 from .confine import Export
 from .creds import prepare_process
@@ -92,7 +93,7 @@ def _free_port_pair(host: str) -> int:
             port = s.getsockname()[1]
         try:
             with socket.socket(family) as s2:
-                s2.bind((host, port + 1))
+                s2.bind((host, gm_port(port)))
             return port
         except OSError:
             continue
@@ -117,9 +118,9 @@ def parse_listen(spec: str, transports: list[str]) -> tuple[str, int]:
         host, port = parse_address(spec, allow_zero=True)
     except OptionError as e:
         raise OptionError(f"--listen: {e}") from None
-    top = 65535 - (len(transports) - 1)
+    top = highest_port(len(transports) > 1)
     if port > top:
-        why = f"gm listens on PORT+1 = {port + 1}" if len(transports) > 1 else "no such port"
+        why = f"gm listens on PORT+1 = {gm_port(port)}" if len(transports) > 1 else "no such port"
         raise OptionError(f"--listen {spec}: port must be 1..{top} (or 0 for any): {why}")
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -146,19 +147,18 @@ async def _open_endpoints(stack: AsyncExitStack, host: str, port: int, key: byte
         base = port or (_free_port_pair(host or "0.0.0.0") if len(transports) > 1 else 0)
         inner = AsyncExitStack()
         eps: list[object] = []
-        for i, t in enumerate(transports):
+        for t in transports:
+            tport = listen_port(base, t, both=len(transports) > 1)
             try:
                 ep = await inner.enter_async_context(
-                    mxnet.open_endpoint(host, base + i if base else 0, key=key, transport=t,
-                                        config=config))
+                    mxnet.open_endpoint(host, tport, key=key, transport=t, config=config))
             except BaseException as e:
                 await inner.aclose()
                 leaf = leaf_exception(e)
                 if not isinstance(leaf, OSError):
                     raise leaf from None
                 if port or attempt == 9:
-                    raise _listen_error(host, base + i if base else 0, t, transports,
-                                        leaf) from None
+                    raise _listen_error(host, tport, t, transports, leaf) from None
                 break  # someone took the port meanwhile: pick another pair
             eps.append(ep)
         else:
@@ -204,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not os.path.isdir(args.export):
             raise OptionError(f"export {args.export!r} is not a directory")
-        with open(args.secret_file, "rb") as f:
-            key = f.read().strip()
-        if not key:
-            raise OptionError(f"secret file {args.secret_file} is empty")
+        key = read_secret(args.secret_file)
         transports = ["mx", "gm"] if args.transport == "both" else [args.transport]
         host, port = parse_listen(args.listen, transports)
         server_config()

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from mxfs.rpcproto import BREAK_ALL, BREAK_NAMES, BreakEntry
+from fsproto.rpc import BREAK_ALL, BREAK_NAMES, BreakEntry
 
 Key = tuple[int, int]  # (st_dev, st_ino)
 Owner = Hashable  # the client's connection

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mxfs.rpcproto import is_handle
+from fsproto.rpc import is_handle
 
 from .fhandle import HandleCodec
 

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from mxfs.rpcproto import MAX_GROUPS, Op
+from fsproto.rpc import MAX_GROUPS, Op
 
 from .creds import Creds
 

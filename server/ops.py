@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     BREAK_ATTR,
     BREAK_DATA,
     CRED_OPS,

@@ -30,12 +30,11 @@ import trio
 import xxhash
 
 import mxnet
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     BREAK_BATCH,
     CHECKSUM_MISMATCH,
     KIND_MASK,
     KIND_SHIFT,
-    MASK_ALL,
     MAX_READ,
     READ_HDR,
     REQ_BUF_SIZE,
@@ -50,6 +49,7 @@ from mxfs.rpcproto import (
     encode_reply,
     make_match,
 )
+from mxnet import MASK_ALL
 
 from . import pagecache
 from .checksum import Hasher

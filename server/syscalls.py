@@ -7,9 +7,6 @@ import ctypes.util
 import errno
 import os
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 if _renameat2 is not None:

@@ -11,8 +11,8 @@ from conftest_fs import SECRET, MountProc, ServerProc, needs_fuse
 from corrupt_proxy import CorruptingProxy
 from test_server_service import KEY, _serve
 
+from fsproto.rpc import INLINE_MAX, Op
 from mxfs.rpc import RpcError, open_client
-from mxfs.rpcproto import INLINE_MAX, Op
 
 
 @pytest.fixture(params=["mx", "gm"])

@@ -11,8 +11,8 @@ import pytest
 import trio
 from conftest_fs import PY, ROOT, SECRET, MountProc, cluster, env, needs_fuse, sh
 
+from fsproto.rpc import Op
 from mxfs.rpc import RpcError, open_client
-from mxfs.rpcproto import Op
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

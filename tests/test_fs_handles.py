@@ -17,8 +17,8 @@ import trio
 from conftest_fs import SECRET, MountProc, ServerProc, cluster, needs_fuse
 from test_fs_stale import _errno, _reconnected, _restart, _write_synced
 
+from fsproto.rpc import FH_EXT, Op
 from mxfs.rpc import RpcError, open_client
-from mxfs.rpcproto import FH_EXT, Op
 from server.fhandle import HandleCodec, derive_key
 
 pytestmark = [needs_fuse, pytest.mark.fuse]

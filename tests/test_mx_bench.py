@@ -1,4 +1,4 @@
-"""`python -m mxnet.bench` runs end to end (a smoke run, no timing asserted): every
+"""`python -m bench.transport` runs end to end (a smoke run, no timing asserted): every
 transport answers, the table and plot are written, and the counters of the run hold —
 mx moved its payload without a user-space copy, gm copied."""
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_bench_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "mxnet"
-    p = subprocess.run([sys.executable, "-m", "mxnet.bench", "--sizes", "8,40K", "--rounds", "1",
+    p = subprocess.run([sys.executable, "-m", "bench.transport", "--sizes", "8,40K", "--rounds", "1",
                         "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True,
                        timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]

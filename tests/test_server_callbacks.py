@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mxnet
+from fsproto.rpc import BREAK_ALL, BREAK_ATTR, BREAK_DATA, BREAK_NAMES, Op
 from mxfs.rpc import RpcError, open_client
-from mxfs.rpcproto import BREAK_ALL, BREAK_ATTR, BREAK_DATA, BREAK_NAMES, Op
 from server.callbacks import Callbacks
 from server.confine import Export
 from server.exports import ExportOptions

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mxfs.rpcproto import Op
+from fsproto.rpc import Op
 from server.confine import EscapeError, Export, split_path
 from server.ops import FileServer
 

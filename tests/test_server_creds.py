@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from fsproto.rpc import MAX_GROUPS, Op
 from mxfs.callers import Callers, read_groups
-from mxfs.rpcproto import MAX_GROUPS, Op
 from server.confine import Export
 from server.creds import Creds, Identity
 from server.exports import ExportOptionError, ExportOptions, parse_export_options

@@ -10,7 +10,7 @@ import stat
 import msgpack
 import pytest
 
-from mxfs.rpcproto import FH_EXT, Op
+from fsproto.rpc import FH_EXT, Op
 from server import fhandle
 from server.confine import Export
 from server.fhandle import TAG_LEN, BadHandle, HandleCodec

@@ -17,9 +17,7 @@ import trio
 from test_server_service import KEY, _serve
 
 import mxnet
-from mxfs.rpc import RpcError, open_client
-from mxfs.rpcproto import (
-    MASK_ALL,
+from fsproto.rpc import (
     READ_HDR,
     REPLY_SMALL,
     Kind,
@@ -28,6 +26,8 @@ from mxfs.rpcproto import (
     encode_request,
     make_match,
 )
+from mxfs.rpc import RpcError, open_client
+from mxnet import MASK_ALL
 
 
 def _wild(rnd: random.Random, depth: int = 0) -> object:

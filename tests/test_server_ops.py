@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     Op,

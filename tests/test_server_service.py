@@ -9,8 +9,7 @@ import pytest
 import trio
 
 import mxnet
-from mxfs.rpc import RpcError, StaleEpoch, open_client
-from mxfs.rpcproto import (
+from fsproto.rpc import (
     INLINE_MAX,
     KIND_MASK,
     KIND_SHIFT,
@@ -21,6 +20,7 @@ from mxfs.rpcproto import (
     make_match,
     split_match,
 )
+from mxfs.rpc import RpcError, StaleEpoch, open_client
 from server.confine import Export
 from server.exports import ExportOptions
 from server.handles import HandleTable

@@ -1,4 +1,6 @@
-"""The mxfs RPC protocol, shared by the client (mxfs/) and the I/O server (server/).
+"""The mxfs RPC protocol: ops, match layout, codecs, stat fields and limits of both sides.
+
+The client (mxfs/) and the I/O server (server/) both import it; neither owns it.
 
 How this works
 --------------
@@ -57,12 +59,15 @@ BREAK_ALL anything (the promise was dropped: forget all of it).
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+
+import mxnet
 
 # 2: namespace changes answer with the parent directory's post-op attributes
 # 3: READ_HDR carries a checksum; WRITE may; PING tells the server's write verifier
@@ -79,7 +84,6 @@ PROTOCOL_VERSION = 6
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
 RID_MASK = (1 << KIND_SHIFT) - 1
-MASK_ALL = (1 << 64) - 1
 
 
 class Kind(enum.IntEnum):
@@ -126,7 +130,8 @@ class Op(enum.IntEnum):
     LOOKUP = 32
 
 
-EAGER_LIMIT = 32 * 1024           # mxnet sends messages up to this size eagerly
+# the client's endpoint runs with mxnet's default Config: it sends messages up to this eagerly
+EAGER_LIMIT = mxnet.Config().eager_max
 INLINE_MAX = EAGER_LIMIT - 1024   # write data up to this size rides inside the request
 REQ_BUF_SIZE = 64 * 1024          # size of each receive the server keeps posted
 REQ_SLOTS = 32                    # how many of them
@@ -136,6 +141,7 @@ READDIR_MAX_ENTRIES = 512
 READDIR_MAX_BYTES = 160 * 1024    # server stops a READDIR batch before this much encoded data
 MAX_READ = 16 * 1024 * 1024
 
+# RENAME flags: Linux's renameat2 values, which the server hands to renameat2 as they come
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -153,11 +159,27 @@ MAX_GROUPS = 1024  # supplementary groups carried per request (Linux allows 6553
 Cred = list[int]  # [uid, gid, group...]
 TIME_NOW = "now"  # a SETATTR time: the server's current time (write permission suffices)
 
-STAT_FIELDS = (
-    "st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-    "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
-)
+class St(enum.IntEnum):
+    """Where each field sits in a stat tuple, in wire order: ``st[St.SIZE]`` is its st_size."""
+
+    DEV = 0
+    INO = 1
+    MODE = 2
+    NLINK = 3
+    UID = 4
+    GID = 5
+    RDEV = 6
+    SIZE = 7
+    BLOCKS = 8
+    BLKSIZE = 9
+    ATIME_NS = 10
+    MTIME_NS = 11
+    CTIME_NS = 12
+
+
+STAT_FIELDS = tuple(f"st_{f.name.lower()}" for f in St)  # os.stat_result's names, wire order
 StatTuple = Sequence[int]
+_STAT_GET = operator.attrgetter(*STAT_FIELDS)
 
 _HLEN = struct.Struct("<I")
 
@@ -178,10 +200,7 @@ def split_match(match: int) -> tuple[int, int]:
 
 
 def stat_tuple(st: os.stat_result) -> list[int]:
-    return [
-        st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
-        st.st_size, st.st_blocks, st.st_blksize, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
-    ]
+    return list(_STAT_GET(st))
 
 
 def stat_dict(t: StatTuple) -> dict[str, int]:

@@ -1,6 +1,10 @@
 """mxnet benchmark: ping-pong latency and one-way bandwidth for mx, gm and raw sockets.
 
-    python -m mxnet.bench [--rounds 5] [--max-size 16M] [--out bench/results/mxnet]
+    python -m bench.transport [--rounds 5] [--max-size 16M] [--out bench/results/mxnet]
+
+It lives in bench/ with the rest of `make bench` (bench/run.py runs it, bench/NOTEBOOK.md reads
+its figures), not in mxnet/: the transport library ships no benchmark. The Docker image
+carries this file alone (docker/entrypoint.sh, role `bench mxnet`).
 
 A server process (the same module with --serve) hosts a raw TCP echo/sink, an mx endpoint
 and a gm endpoint; this process is the client. Every size is measured for every transport
@@ -384,7 +388,7 @@ def plot(summary: dict[tuple[str, int], dict[str, float]], sizes: list[int], pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mxnet.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.transport", description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-size", default="16M")
     ap.add_argument("--sizes", help="comma-separated sizes (e.g. 8,4K,1M)")
@@ -398,17 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ([parse_size(s) for s in args.sizes.split(",")] if args.sizes
              else default_sizes(parse_size(args.max_size)))
     r, w = os.pipe()
-    server = subprocess.Popen([sys.executable, "-m", "mxnet.bench", "--serve", str(w)],
+    server = subprocess.Popen([sys.executable, "-m", "bench.transport", "--serve", str(w)],
                               pass_fds=(w,))
     os.close(w)
     try:
         with os.fdopen(r) as ready:
             line = ready.readline()
         if not line:
-            raise SystemExit("mxnet.bench: the server process failed to start")
+            raise SystemExit("bench.transport: the server process failed to start")
         ports = json.loads(line)
         if not args.quiet:
-            print(f"mxnet.bench: {len(sizes)} sizes x {len(TRANSPORTS)} transports x "
+            print(f"bench.transport: {len(sizes)} sizes x {len(TRANSPORTS)} transports x "
                   f"{args.rounds} rounds", file=sys.stderr)
         results = trio.run(run_client, ports, sizes, args.rounds, not args.quiet)
     finally:

@@ -1,15 +1,18 @@
-"""`python -m mxfs.demo` (make demo): a local server + mount, a few standard tools, the counters.
+"""`python -m tools.demo` (make demo): a local server + mount, a few standard tools, the counters.
 
-    python -m mxfs.demo           set up ./demo/{export,mnt}, start, show, leave it running
-    python -m mxfs.demo --stop    unmount ./demo/mnt and stop the demo server
+    python -m tools.demo           set up ./demo/{export,mnt}, start, show, leave it running
+    python -m tools.demo --stop    unmount ./demo/mnt and stop the demo server
+
+It lives in tools/, not in mxfs/: it drives the two commands as a user would (mxfs-server,
+mxfs mount, mxfs stats) and is no part of the client library. Run it from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +21,6 @@ from pathlib import Path
 DEMO = Path("demo")
 EXPORT, MNT, SECRET, PIDFILE, LOG = (DEMO / "export", DEMO / "mnt", DEMO / "secret",
                                      DEMO / "server.pid", DEMO / "server.log")
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise SystemExit("mxfs.demo: no free port pair found")
 
 
 def _mounted(path: Path) -> bool:
@@ -62,7 +51,7 @@ def stop() -> int:
 
 def start() -> int:
     if not os.path.exists("/dev/fuse"):
-        print("mxfs.demo: /dev/fuse is missing (modprobe fuse?)", file=sys.stderr)
+        print("tools.demo: /dev/fuse is missing (modprobe fuse?)", file=sys.stderr)
         return 1
     stop()
     EXPORT.mkdir(parents=True, exist_ok=True)
@@ -76,18 +65,19 @@ def start() -> int:
     SECRET.write_text(os.urandom(16).hex() + "\n")
     os.chmod(SECRET, 0o600)
 
-    port = _free_port_pair()
     log = open(LOG, "w")
     srv = subprocess.Popen([sys.executable, "-m", "server", str(EXPORT), "--listen",
-                            f"127.0.0.1:{port}", "--secret-file", str(SECRET),
+                            "127.0.0.1:0", "--secret-file", str(SECRET),
                             "-o", "no_root_squash"],  # the demo's own files, as its user
                            stdout=subprocess.PIPE, stderr=log, text=True,
                            start_new_session=True)
     assert srv.stdout is not None
     line = srv.stdout.readline().strip()
-    if "listening" not in line:
-        print(f"mxfs.demo: server did not start; see {LOG}", file=sys.stderr)
+    found = re.search(r"listening on .*:(\d+) \(mx\)", line)  # port 0: it picked a free pair
+    if found is None:
+        print(f"tools.demo: server did not start; see {LOG}", file=sys.stderr)
         return 1
+    port = int(found.group(1))
     PIDFILE.write_text(str(srv.pid))
     print(line)
     cli = f"{sys.executable} -m mxfs.cli"
@@ -106,12 +96,12 @@ def start() -> int:
     time.sleep(0.1)
     _run(f"{cli} stats {MNT}")
     print(f"\nThe file system stays mounted at {MNT}. Stop it with:\n"
-          f"  {sys.executable} -m mxfs.demo --stop     (or: make demo-stop)")
+          f"  {sys.executable} -m tools.demo --stop     (or: make demo-stop)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mxfs.demo")
+    p = argparse.ArgumentParser(prog="tools.demo")
     p.add_argument("--stop", action="store_true", help="unmount and stop the demo server")
     args = p.parse_args(argv)
     return stop() if args.stop else start()

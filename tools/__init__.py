@@ -1,0 +1,1 @@
+"""Commands for people trying mxfs out (`python -m tools.demo`); no library imports them."""
