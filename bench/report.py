@@ -10,6 +10,7 @@ from pathlib import Path
 WORKLOAD_TITLES = {
     "seqwrite": "Sequential write, 1 MiB blocks, fsync at end",
     "seqread": "Sequential read, 1 MiB blocks, cold caches",
+    "reread": "Re-read of an unchanged file (read once, then measured), 1 MiB blocks",
     "cpu": "CPU seconds per GiB moved (sequential write and read above; client and server processes, children included)",
     "randread": "Random read 4 KiB, queue depth 1, O_DIRECT (file warm on the server side)",
     "meta": "Metadata: create, stat, unlink of N empty files (one process)",
@@ -17,7 +18,8 @@ WORKLOAD_TITLES = {
     "scaling": "Aggregate read throughput with N reader processes (own cold file each)",
     "filesize": "Read throughput by file size (cold; files read one after another)",
 }
-ORDER = ["seqwrite", "seqread", "cpu", "randread", "meta", "tree", "filesize", "scaling"]
+ORDER = ["seqwrite", "seqread", "reread", "cpu", "randread", "meta", "tree", "filesize",
+         "scaling"]
 
 
 @dataclass
@@ -193,6 +195,18 @@ def targets(agg, mx="mxfs-mx", gm="mxfs-gm", sshfs=("sshfs", "sshfs-direct"),
     ratio_target("mxfs(mx) ≥ GlusterFS on sequential read", _find(agg, *SEQREAD), (gluster,), 1.0)
     ratio_target("mxfs(mx) ≥ GlusterFS on metadata (create+stat+unlink time)",
                  _find(agg, *META_TOTAL), (gluster,), 1.0)
+
+    # issue 15: fewer round trips than any peer, coherently
+    ratio_target("mxfs(mx) re-read of an unchanged file ≥ 0.8× local",
+                 _find(agg, "reread", "throughput"), ("local",), 0.8)
+    ratio_target("mxfs(mx) stat after the kernel's caches are dropped ≥ 0.5× sshfs",
+                 _find(agg, "meta", "stat"), sshfs, 0.5)
+    ratio_target("mxfs(mx) create and unlink at least as fast as sshfs directport",
+                 _find(agg, "meta", "create"), ("sshfs-direct",), 1.0)
+    ratio_target("mxfs(mx) unlink at least as fast as sshfs directport",
+                 _find(agg, "meta", "unlink"), ("sshfs-direct",), 1.0)
+    ratio_target("mxfs(mx) untar+du+find+cp+rm at least as fast as sshfs directport",
+                 _find(agg, "tree", "total"), ("sshfs-direct",), 1.0)
 
     k = _find(agg, "randread", "p50")
     if k and mx in agg[k]:

@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = [
             ("seqwrite", False, workloads.seqwrite),
             ("seqread", True, workloads.seqread),
+            ("reread", True, workloads.reread),
             ("filesize", True, workloads.filesizes),
             ("scaling", True, workloads.scaling),
             ("randread", False, workloads.randread),

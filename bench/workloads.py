@@ -160,6 +160,17 @@ def seqread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
               param=human(cfg.seq_size)), *cpu.rows("read", cfg.seq_size)]
 
 
+def reread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
+    """Read a file of the seqread size twice (it did not change in between); the second
+    read is measured: a coherent cache answers it without the server."""
+    f = workdir(peer) / "seq.dat"
+    args = [f"--filename={f}", "--rw=read", "--bs=1M", f"--size={cfg.seq_size}"]
+    fio(["--name=warm", *args])
+    j = fio(["--name=reread", *args])
+    return [m("reread", "throughput", j["read"]["bw_bytes"] / 1e6, "MB/s",
+              param=human(cfg.seq_size))]
+
+
 def randread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     f = workdir(peer) / "rand.dat"
     # warm the server side (or the local page cache) the same way on every peer, then read

@@ -33,6 +33,7 @@ exception escaping a handler would end pyfuse3.main and the mount.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import itertools
@@ -53,6 +54,8 @@ from fsproto.rpc import RENAME_EXCHANGE, RENAME_NOREPLACE, TIME_NOW, Cred, Op, S
 
 from .callers import Callers
 from .inodes import ROOT_INODE, InodeTable, StaleInode
+from .invalidator import Invalidator
+from .leases import ABSENT, Drop, Key, Leases, key_of
 from .mounttab import STATS_XATTR
 from .options import MountOptions
 from .rpc import RpcClient, RpcError, StaleEpoch
@@ -77,10 +80,16 @@ NOW_WINDOW_NS = 500_000_000  # pyfuse3 turns utimensat's UTIME_NOW into its cloc
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+# the callback generation when the kernel request being handled began (leases.py: an answer
+# is trusted, cached and given a long timeout only if no BREAK came since)
+_UNKNOWN = object()
+_began_at: contextvars.ContextVar[int] = contextvars.ContextVar("mxfs_generation", default=-1)
+
 
 def _guard(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _began_at.set(args[0].leases.generation)
         try:
             return await fn(*args, **kwargs)
         except FUSEError:
@@ -122,6 +131,7 @@ class OpenDir:
     # handle)
     buffered: list[tuple[int, bytes, int, StatTuple, Any]] = field(default_factory=list)
     eof_after_buffer: bool = False
+    gen: int = -1  # the callback generation before they were fetched (leases.py)
 
 
 def _report(err: int) -> None:
@@ -151,18 +161,63 @@ class MxfsOperations(pyfuse3.Operations):
         # after every write, and asks again (permission check, fchmod/futimens after a write);
         # the server's reply to the change answers that getattr
         self._after: dict[int, tuple[float, StatTuple]] = {}
+        # callbacks: what may be answered from memory while the server keeps its promises
+        self.leases = Leases(timeout=opts.lease_timeout, max_entries=int(opts.cache_max))
+        self.leases.active = rpc.callbacks
+        self.invalidator = Invalidator(self.leases, rpc.ack_break, self._drop_key,
+                                       self._kernel_names)
+        rpc.on_break = self.invalidator.on_break
+        rpc.on_reset = self._on_reset
 
     def init(self) -> None:
         self.initialized.set()
 
     # -- helpers -------------------------------------------------------------------------------
-    def _entry(self, ino: int, st: StatTuple) -> EntryAttributes:
+    # -- callbacks -----------------------------------------------------------------------------
+    def _on_reset(self) -> None:
+        """The connection was lost or made anew: whatever the server promised is void."""
+        self.leases.active = self.rpc.peer is not None and self.rpc.callbacks
+        self.invalidator.on_reset()
+
+    def _drop_key(self, key: Key | None) -> None:
+        """A BREAK named *key* (None: everything): the per-inode caches here forget it."""
+        if key is None:
+            self._after.clear()
+            self._no_cap.clear()
+            return
+        ino = self.leases.inode(key)
+        if ino is not None:
+            self._after.pop(ino, None)
+            self._no_cap.pop(ino, None)
+
+    def _kernel_names(self) -> list[Drop]:
+        """Every name the kernel may hold with a long timeout (for a reset)."""
+        return [Drop(parent, name=name) for parent, name in self.inodes.names()]
+
+    def _trusted(self, gen: int | None = None) -> bool:
+        """Whether the answer just received may be cached (and kept long by the kernel)."""
+        return self.leases.fresh(_began_at.get() if gen is None else gen)
+
+    def _negative(self) -> EntryAttributes:
+        """A name known not to exist: the kernel keeps that (a negative entry) while the
+        server's promise on the directory holds."""
+        e = EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.leases.timeout
+        return e
+
+    def _entry(self, ino: int, st: StatTuple, gen: int | None = None) -> EntryAttributes:
         self._after.pop(ino, None)  # what the kernel is told now supersedes older post-op ones
         e = EntryAttributes()
         e.st_ino = ino
         e.generation = 0
-        e.entry_timeout = self.opts.entry_timeout
-        e.attr_timeout = self.opts.attr_timeout
+        self.leases.know(ino, st)
+        if self._trusted(gen):
+            self.leases.put_attrs(st, self.leases.generation)
+            e.entry_timeout = e.attr_timeout = self.leases.timeout
+        else:
+            e.entry_timeout = self.opts.entry_timeout
+            e.attr_timeout = self.opts.attr_timeout
         (_, _, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size, e.st_blocks,
          e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns) = st
         node = self.inodes._inodes.get(ino)
@@ -170,15 +225,24 @@ class MxfsOperations(pyfuse3.Operations):
             node.size, node.mtime_ns = st[7], st[11]
         return e
 
-    def _learn(self, parent: int, name: bytes, st: StatTuple, fh: Any = None) -> EntryAttributes:
+    def _learn(self, parent: int, name: bytes, st: StatTuple, fh: Any = None,
+               gen: int | None = None) -> EntryAttributes:
         # a directory's st_nlink counts its subdirectories, not names: it has only one
         ino = self.inodes.lookup(parent, name, (st[0], st[1]) if fh is None else fh,
                                  1 if stat.S_ISDIR(st[2]) else st[3], fh)
-        return self._entry(ino, st)
+        pkey = self.leases.key(parent)
+        if pkey is not None and self._trusted(gen):
+            self.leases.put_entry(pkey, name, (key_of(st), fh), self.leases.generation)
+        return self._entry(ino, st, gen)
 
     def _changed(self, ino: int, st: StatTuple) -> None:
         """Remember an inode's post-op attributes (from the server's reply to our change of
-        it) for one getattr within attr_timeout, as NFS clients use post-op attributes."""
+        it) for one getattr within attr_timeout, as NFS clients use post-op attributes.
+        Under callbacks they are cached like any answer (the server kept our promise)."""
+        if self._trusted():
+            self.leases.put_attrs(st, self.leases.generation)
+        else:
+            self.leases.forget(key_of(st))
         if self.opts.attr_timeout > 0:
             if len(self._after) > 4096:
                 self._after.clear()
@@ -189,6 +253,33 @@ class MxfsOperations(pyfuse3.Operations):
         ino = self.inodes.child(parent, name)
         if ino is not None:
             self._after.pop(ino, None)
+            key = self.leases.key(ino)
+            if key is not None:
+                self.leases.forget(key)
+
+    def _name_changed(self, parent: int, name: bytes, value: Any = _UNKNOWN) -> None:
+        """Our own change made *name* name *value* now: (key, handle), ABSENT, or _UNKNOWN
+        (the cached entry just goes)."""
+        pkey = self.leases.key(parent)
+        if pkey is None:
+            return
+        if value is _UNKNOWN or not self._trusted():
+            self.leases.forget_entry(pkey, name)
+        else:
+            self.leases.renamed_in(pkey, name, value, self.leases.generation)
+
+    def _cached_ref(self, parent: int, name: bytes) -> Any:
+        """(key, handle) of what *name* names as far as the inode table knows, or _UNKNOWN."""
+        ino = self.inodes.child(parent, name)
+        key = self.leases.key(ino) if ino is not None else None
+        if key is None:
+            return _UNKNOWN
+        return key, self.inodes.get(ino).fh
+
+    def _forget_attrs(self, ino: int) -> None:
+        key = self.leases.key(ino)
+        if key is not None:
+            self.leases.forget(key)
 
     def _cred(self, ctx: Any) -> Cred | None:
         """The caller's credentials (None: no context, the mount process's own are sent)."""
@@ -282,6 +373,7 @@ class MxfsOperations(pyfuse3.Operations):
         if not stat.S_ISDIR(st[2]):
             raise RpcError(errno.ENOTDIR, "export root is not a directory")
         self.inodes.set_root_key((st[0], st[1]))
+        self.leases.know(ROOT_INODE, st)
 
     # -- metadata ------------------------------------------------------------------------------
     @_guard
@@ -297,7 +389,23 @@ class MxfsOperations(pyfuse3.Operations):
             st = await self.rpc.call(Op.GETATTR, self._ref(target), cred=cred)
             self.inodes.get(target).nlookup += 1
             return self._entry(target, st)
-        st, fh = await self.rpc.call(Op.LOOKUP, self._child(parent_inode, name), cred=cred)
+        ref = self._child(parent_inode, name)
+        pkey = self.leases.key(parent_inode)
+        known, value = self.leases.entry(pkey, name) if pkey is not None else (False, None)
+        if known:  # answered from memory: the server promised to tell us of any change
+            if value is ABSENT:
+                return self._negative()
+            st = self.leases.attrs(value[0])
+        if not known or st is None:
+            try:
+                st, fh = await self.rpc.call(Op.LOOKUP, ref, cred=cred)
+            except RpcError as e:
+                if e.errno == errno.ENOENT and pkey is not None and self._trusted():
+                    self.leases.put_entry(pkey, name, ABSENT, self.leases.generation)
+                    return self._negative()
+                raise
+        else:
+            fh = value[1]
         entry = self._learn(parent_inode, name, st, fh)
         if self._has_run(entry.st_ino):  # its size must include what we hold
             await self._settle_inode(entry.st_ino)
@@ -324,6 +432,10 @@ class MxfsOperations(pyfuse3.Operations):
         after = self._after.pop(inode, None)
         if after is not None and after[0] > trio.current_time() and not self._has_run(inode):
             return self._entry(inode, after[1])
+        key = self.leases.key(inode)
+        cached = self.leases.attrs(key) if key is not None else None
+        if cached is not None and not self._has_run(inode):
+            return self._entry(inode, cached)
         node = self.inodes.get(inode)
         for fh in list(node.handles):
             f = self.files.get(fh)
@@ -386,6 +498,7 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
+        self._name_changed(parent_inode, name, (key_of(st), fh))
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -393,6 +506,9 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
+        self._name_changed(parent_inode, name, (key_of(st), fh))
+        if self._trusted():  # new, so empty: a name in it is absent until we make it
+            self.leases.made_dir(st, self.leases.generation)
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -401,6 +517,7 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
                                       cred=self._cred(ctx))
         self._changed(parent_inode, pst)
+        self._name_changed(parent_inode, name, (key_of(st), fh))
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -410,6 +527,7 @@ class MxfsOperations(pyfuse3.Operations):
                                       self._child(new_parent_inode, new_name),
                                       cred=self._cred(ctx))
         self._changed(new_parent_inode, pst)
+        self._name_changed(new_parent_inode, new_name, (key_of(st), fh))
         return self._learn(new_parent_inode, new_name, st, fh)
 
     @_guard
@@ -418,6 +536,7 @@ class MxfsOperations(pyfuse3.Operations):
                                   cred=self._cred(ctx))
         self._changed(parent_inode, pst)
         self._forget_after(parent_inode, name)  # its link count just dropped
+        self._name_changed(parent_inode, name, ABSENT)
         self.inodes.removed(parent_inode, name)
 
     @_guard
@@ -425,6 +544,8 @@ class MxfsOperations(pyfuse3.Operations):
         pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name),
                                   cred=self._cred(ctx))
         self._changed(parent_inode, pst)
+        self._forget_after(parent_inode, name)
+        self._name_changed(parent_inode, name, ABSENT)
         self.inodes.removed(parent_inode, name)
 
     @_guard
@@ -441,6 +562,14 @@ class MxfsOperations(pyfuse3.Operations):
         self._changed(parent_inode_old, spst)
         self._changed(parent_inode_new, dpst)
         self._forget_after(parent_inode_new, name_new)  # a replaced file lost a link
+        self._forget_after(parent_inode_old, name_old)  # the moved one: its ctime
+        if wire & RENAME_EXCHANGE:
+            self._name_changed(parent_inode_old, name_old)
+            self._name_changed(parent_inode_new, name_new)
+        else:
+            moved = self._cached_ref(parent_inode_old, name_old)
+            self._name_changed(parent_inode_old, name_old, ABSENT)
+            self._name_changed(parent_inode_new, name_new, moved)
         self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new,
                             exchange=bool(wire & RENAME_EXCHANGE))
 
@@ -461,7 +590,8 @@ class MxfsOperations(pyfuse3.Operations):
     def _opened(self, ino: int, flags: int, hid: int, st: StatTuple,
                 cred: Cred | None) -> FileInfo:
         node = self.inodes.get(ino)
-        if (node.size, node.mtime_ns) != (st[7], st[11]):
+        same = (node.size, node.mtime_ns) == (st[7], st[11])
+        if not same:
             try:  # the file changed elsewhere: make the kernel fetch fresh attributes (size)
                 pyfuse3.invalidate_inode(ino, attr_only=True)
             except OSError:
@@ -472,7 +602,9 @@ class MxfsOperations(pyfuse3.Operations):
         self.files[fh] = OpenFile(ino, flags, hid, self.rpc.epoch, fh, cred,
                                   seen=self.werr.sample(ino))
         self.inodes.opened(ino, fh)
-        return FileInfo(fh=fh, keep_cache=False)
+        # the kernel's cached pages are the file's as long as a promise covered them: any
+        # change elsewhere broke it, and the break dropped them (invalidator.py)
+        return FileInfo(fh=fh, keep_cache=same and self._trusted())
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
@@ -487,6 +619,7 @@ class MxfsOperations(pyfuse3.Operations):
         hid, st, pst, created, fh = await self.rpc.call(
             Op.CREATE, self._child(parent_inode, name), flags, mode, cred=cred)
         self._changed(parent_inode, pst)
+        self._name_changed(parent_inode, name, (key_of(st), fh))
         entry = self._learn(parent_inode, name, st, fh)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self._no_capability(entry.st_ino)
@@ -563,6 +696,9 @@ class MxfsOperations(pyfuse3.Operations):
             f.writes += 1
             seq = f.writes
             self._after.pop(f.ino, None)  # attributes remembered before this write are old
+            key = self.leases.key(f.ino)
+            if key is not None:
+                self.leases.forget(key)
             try:
                 n, st = await self.rpc.write(hid, off, data, epoch=epoch)
             except StaleEpoch:
@@ -765,6 +901,7 @@ class MxfsOperations(pyfuse3.Operations):
             if not d.buffered:
                 if d.eof_after_buffer:
                     return
+                d.gen = self.leases.generation
                 entries, eof = await self._dir_call(d, Op.READDIR, start_id - DOTS)
                 own = start_id
                 for name, nxt, st, efh in entries:
@@ -775,7 +912,7 @@ class MxfsOperations(pyfuse3.Operations):
                     return
             while d.buffered:
                 own, name, nxt, st, efh = d.buffered[0]
-                entry = self._learn(d.ino, name, st, efh)
+                entry = self._learn(d.ino, name, st, efh, d.gen)
                 if not pyfuse3.readdir_reply(token, name, entry, nxt):
                     self.inodes.forget(entry.st_ino, 1)
                     return
@@ -828,7 +965,8 @@ class MxfsOperations(pyfuse3.Operations):
         capabilities): remember "none" for attr_timeout, as attributes are remembered."""
         if len(self._no_cap) > 65536:
             self._no_cap.clear()
-        self._no_cap[inode] = trio.current_time() + self.opts.attr_timeout
+        self._no_cap[inode] = trio.current_time() + (
+            self.leases.timeout if self.leases.enabled else self.opts.attr_timeout)
 
     @_guard
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -836,6 +974,7 @@ class MxfsOperations(pyfuse3.Operations):
             raise FUSEError(errno.EPERM)
         self._no_cap.pop(inode, None)
         await self._xattr_call(inode, ctx, Op.SETXATTR, Op.FSETXATTR, name, value, 0)
+        self._forget_attrs(inode)  # its ctime
 
     @_guard
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
@@ -854,6 +993,7 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._no_cap.pop(inode, None)
+        self._forget_attrs(inode)  # its ctime
         try:
             await self._xattr_call(inode, ctx, Op.REMOVEXATTR, Op.FREMOVEXATTR, name)
         except RpcError as e:
@@ -870,6 +1010,7 @@ class MxfsOperations(pyfuse3.Operations):
             "write_errors": self.werr.recorded,
             "lost_by_server_restart": self.werr.lost_by_restart,
             "inodes": len(self.inodes),
+            "cache": self.invalidator.statistics(),
         }
         try:
             out["server_side"] = await self.rpc.call(Op.STATS)

@@ -266,6 +266,10 @@ class InodeTable:
             self._by_name[(parent, name)] = node.ino
 
     # -- opens ---------------------------------------------------------------------------------
+    def names(self) -> list[tuple[int, bytes]]:
+        """Every (parent inode, name) the table knows."""
+        return list(self._by_name)
+
     def opened(self, ino: int, fh: int) -> None:
         node = self.get(ino)
         node.opens += 1

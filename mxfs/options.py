@@ -35,6 +35,8 @@ class MountOptions:
     foreground: bool = False
     debug: bool = False
     checksum: bool = False  # xxh3-64 of every READ and WRITE payload, checked where it lands
+    lease_timeout: float = 10.0  # cache lifetime while the server keeps callbacks (0: off)
+    cache_max: float = 65536  # attributes, and names, the client keeps in memory (each)
 
     @property
     def server(self) -> str:
@@ -56,7 +58,8 @@ class MountOptions:
 
 # Numeric options: the smallest value each accepts. Every one must be a finite number.
 # (timeout: below 0.1 s every request would time out and the watchdog would spin)
-NUMERIC_MINIMUM = {"timeout": 0.1, "attr_timeout": 0.0, "entry_timeout": 0.0}
+NUMERIC_MINIMUM = {"timeout": 0.1, "attr_timeout": 0.0, "entry_timeout": 0.0,
+                   "lease_timeout": 0.0, "cache_max": 0.0}
 
 
 def parse_number(name: str, value: str) -> float:

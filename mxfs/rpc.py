@@ -444,6 +444,7 @@ class RpcClient:
         d["checksums_verified"] = self.checksums_verified
         d["checksum_mismatches"] = self.checksum_mismatches
         d["checksum_failures"] = self.checksum_failures
+        d["breaks_received"] = self.breaks_received
         return d
 
 

@@ -59,6 +59,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number of seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="mxfs I/O server")
     p.add_argument("export", help="directory to export")
@@ -70,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="transports to serve; with both, gm listens on PORT+1 (default both)")
     p.add_argument("--max-handles", type=_positive_int, default=4096,
                    help="open handles per client, at least 1 (default %(default)s)")
+    p.add_argument("--break-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="how long a change waits for other clients to acknowledge that "
+                        "their cached copies are void before it disconnects the silent ones "
+                        "(default %(default)s)")
+    p.add_argument("--callbacks-max", type=_positive_int, default=65536, metavar="N",
+                   help="promises (cached objects) remembered per client (default %(default)s)")
     p.add_argument("-o", dest="export_options", action="append", default=[], metavar="OPTS",
                    help="export options, as NFS's: root_squash (default), no_root_squash, "
                         "all_squash, anonuid=N, anongid=N, ro, rw (comma-separated)")
@@ -176,6 +192,7 @@ async def serve(args: argparse.Namespace, key: bytes, host: str, port: int,
     exports = export_options(args)
     prepare_process()  # umask 0: the client's kernel applied the caller's
     fs = FileServer(export, HandleTable(max_per_owner=args.max_handles), exports)
+    fs.callbacks.per_client = args.callbacks_max
     log.info("export options: %s%s", exports.describe(),
              "" if fs.is_root else " (not root: acting as itself, not as each caller)")
     try:
@@ -186,7 +203,7 @@ async def serve(args: argparse.Namespace, key: bytes, host: str, port: int,
             print(f"mxfs-server: exporting {export.root}; listening on {where}", flush=True)
             async with trio.open_nursery() as nursery:
                 for ep in eps:
-                    nursery.start_soon(Service(ep, fs).run)
+                    nursery.start_soon(Service(ep, fs, break_timeout=args.break_timeout).run)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for _ in signals:
                         log.info("signal received, stopping")

@@ -43,8 +43,9 @@ class ServerProc:
     the mounts, so the export is no_root_squash unless *options* say otherwise."""
 
     def __init__(self, export: Path, secret_file: Path, port: int = 0,
-                 options: str = "no_root_squash") -> None:
+                 options: str = "no_root_squash", args: tuple[str, ...] = ()) -> None:
         self.options = options
+        self.args = args  # more mxfs-server arguments
         self.export = export
         self.secret_file = secret_file
         self.port = port
@@ -56,7 +57,7 @@ class ServerProc:
         self.proc = subprocess.Popen(
             [*self.wrap, PY, "-m", "server", str(self.export), "--listen", f"127.0.0.1:{self.port}",
              "--secret-file", str(self.secret_file), "-v",
-             *(["-o", self.options] if self.options else [])],
+             *(["-o", self.options] if self.options else []), *self.args],
             stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True, env=env(), cwd=ROOT)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -156,14 +157,14 @@ class MountProc:
 
 @contextlib.contextmanager
 def cluster(tmp: Path, transport: str = "mx", clients: int = 1, extra: str = "",
-            server_options: str = "no_root_squash"
+            server_options: str = "no_root_squash", server_args: tuple[str, ...] = ()
             ) -> Iterator[tuple[ServerProc, list[MountProc]]]:
     """A server on tmp/export and *clients* mounts at tmp/mnt0, tmp/mnt1, ..."""
     export = tmp / "export"
     export.mkdir(exist_ok=True)
     secret = tmp / "secret"
     secret.write_bytes(SECRET + b"\n")
-    server = ServerProc(export, secret, options=server_options)
+    server = ServerProc(export, secret, options=server_options, args=server_args)
     mounts: list[MountProc] = []
     try:
         server.start()

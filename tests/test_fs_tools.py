@@ -204,9 +204,10 @@ def test_file_capabilities_dropped_on_write_but_never_asked_of_new_files(fsenv):
         (d / f"new{i}").write_bytes(b"x" * 100)
     assert sent(m) - before - 1 <= 4 * n + 2
     real = server.export / "caps" / "bin"
-    real.write_bytes(b"\x7fELF")
+    (d / "bin").write_bytes(b"\x7fELF")  # (through the mount: the client sees it at once)
     cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective, CAP_NET_RAW
-    os.setxattr(real, "security.capability", cap)
+    os.setxattr(d / "bin", "security.capability", cap)
+    assert os.getxattr(real, "security.capability") == cap
     with open(d / "bin", "r+b") as f:
         f.write(b"\x7fELG")
     with pytest.raises(OSError) as ei:

@@ -1,0 +1,122 @@
+"""Two clients of one server: a change on one is seen by the other's very next look, with no
+timeout to wait for (callbacks, server/callbacks.py), while unchanged things are answered
+without asking the server."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import time
+
+import pytest
+from conftest_fs import cluster, errno_of, needs_fuse
+
+pytestmark = [needs_fuse, pytest.mark.fuse]
+
+
+def _requests(m) -> int:
+    return m.stats()["client"]["messages_sent"]
+
+
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_a_change_is_seen_at_once_by_the_other_client(tmp_path, transport):
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        fa, fb = a.mnt / "f", b.mnt / "f"
+        fa.write_bytes(b"one")
+        assert fb.read_bytes() == b"one" and os.stat(fb).st_size == 3  # b caches it all
+        os.chmod(fa, 0o600)
+        assert stat.S_IMODE(os.stat(fb).st_mode) == 0o600
+        fa.write_bytes(b"two")  # same size, same second: only the break tells b
+        assert fb.read_bytes() == b"two"
+        os.truncate(fa, 1)
+        assert os.stat(fb).st_size == 1 and fb.read_bytes() == b"t"
+        os.setxattr(fa, "user.k", b"v")
+        assert os.getxattr(fb, "user.k") == b"v"
+        # names: a negative lookup, a create, a rename, an unlink
+        assert not (b.mnt / "new").exists()
+        (a.mnt / "new").write_text("n")
+        assert (b.mnt / "new").read_text() == "n"
+        os.rename(a.mnt / "new", a.mnt / "renamed")
+        assert not (b.mnt / "new").exists() and (b.mnt / "renamed").read_text() == "n"
+        os.rename(a.mnt / "renamed", a.mnt / "f")  # over a file b has cached
+        assert fb.read_text() == "n"
+        os.unlink(a.mnt / "f")
+        assert errno_of(os.stat, fb) == errno.ENOENT
+        (a.mnt / "d").mkdir()
+        assert os.listdir(b.mnt / "d") == []
+        (a.mnt / "d" / "x").write_text("")
+        assert os.listdir(b.mnt / "d") == ["x"]
+        cache = b.stats()["cache"]
+        assert cache["active"] == 1 and cache["breaks"] > 0
+        assert a.stats()["server_side"]["breaks_waited"] > 0
+
+
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_what_did_not_change_is_answered_without_the_server(tmp_path, transport):
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        data = os.urandom(1 << 20)
+        (a.mnt / "big").write_bytes(data)
+        for i in range(20):
+            (a.mnt / f"s{i}").write_text(str(i))
+        assert (b.mnt / "big").read_bytes() == data
+        for i in range(20):
+            os.stat(b.mnt / f"s{i}")
+        before = b.stats()["client"]
+        assert (b.mnt / "big").read_bytes() == data  # re-read: the kernel kept the pages
+        after = b.stats()["client"]
+        assert after["payload_bytes_received"] - before["payload_bytes_received"] < 64 * 1024
+        # the kernel forgets its dentries and inodes: the client answers from memory
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        n = _requests(b)
+        per_stats_read = _requests(b) - n  # (reading the counters costs messages too)
+        n += per_stats_read
+        for i in range(20):
+            assert os.stat(b.mnt / f"s{i}").st_size == len(str(i))
+        assert _requests(b) - n <= per_stats_read
+        assert b.stats()["cache"]["hits"] >= 20
+
+
+def test_a_client_that_stops_answering_loses_its_promises(tmp_path):
+    with cluster(tmp_path, "mx", clients=2, server_args=("--break-timeout", "1")) as (
+            server, (a, b)):
+        (a.mnt / "f").write_text("x")
+        os.stat(b.mnt / "f")
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            os.chmod(a.mnt / "f", 0o600)  # waits for b at most the break timeout
+            assert time.monotonic() - t < 30
+            (a.mnt / "g").write_text("a goes on")
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        assert "did not acknowledge" in server.log_text()
+        # b's connection was cut: it reconnects and trusts nothing it had
+        deadline = time.monotonic() + 15
+        while stat.S_IMODE(os.stat(b.mnt / "f").st_mode) != 0o600:
+            assert time.monotonic() < deadline, "b kept its stale attributes"
+            time.sleep(0.05)
+        assert b.stats()["client"]["reconnects"] >= 1
+
+
+def test_a_promise_is_never_trusted_after_a_reconnect(tmp_path):
+    with cluster(tmp_path, "mx", clients=2) as (server, (a, b)):
+        (a.mnt / "f").write_text("x")
+        os.stat(b.mnt / "f")
+        server.kill()  # promises die with the server
+        server.start()
+        # the other client changes it on the new server run (nobody holds a promise there)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                os.chmod(a.mnt / "f", 0o640)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while stat.S_IMODE(os.stat(b.mnt / "f").st_mode) != 0o640:
+            assert time.monotonic() < deadline, "b trusted a promise of the old server run"
+            time.sleep(0.05)

@@ -1,0 +1,119 @@
+"""The client's callback caches (mxfs/leases.py): pure, no server, no FUSE."""
+
+from __future__ import annotations
+
+from fsproto.rpc import BREAK_ALL, BREAK_ATTR, BREAK_DATA, BREAK_NAMES
+from mxfs.leases import ABSENT, Drop, Leases
+
+
+def st(ino: int, size: int = 0, dev: int = 7) -> list[int]:
+    return [dev, ino, 0o100644, 1, 0, 0, 0, size, 0, 4096, 0, 0, 0]
+
+
+def active(**kw) -> Leases:
+    le = Leases(**kw)
+    le.active = True
+    return le
+
+
+def test_nothing_is_cached_without_callbacks_or_with_timeout_zero():
+    for le in (Leases(), active(timeout=0)):
+        le.know(5, st(50))
+        le.put_attrs(st(50), le.generation)
+        assert le.attrs((7, 50)) is None and le.key(5) is None
+        assert le.entry((7, 1), b"x") == (False, None)
+
+
+def test_an_answer_that_crossed_a_break_is_not_kept():
+    le = active()
+    gen = le.generation
+    le.apply_break([((7, 99), BREAK_ATTR, [])])  # about anything at all
+    le.put_attrs(st(50), gen)
+    assert le.attrs((7, 50)) is None
+    le.put_attrs(st(50), le.generation)
+    assert le.attrs((7, 50)) == st(50)
+
+
+def test_a_break_drops_attributes_names_and_tells_the_kernel():
+    le = active()
+    g = le.generation
+    le.know(1, st(10))  # a directory, inode 1
+    le.know(2, st(20))
+    le.put_attrs(st(20), g)
+    le.put_entry((7, 10), b"f", ((7, 20), None), g)
+    le.put_entry((7, 10), b"gone", ABSENT, g)
+    assert le.entry((7, 10), b"f") == (True, ((7, 20), None))
+    assert le.entry((7, 10), b"gone") == (True, ABSENT)
+    drops = le.apply_break([((7, 20), BREAK_ATTR | BREAK_DATA, []),
+                            ((7, 10), BREAK_ATTR | BREAK_NAMES, [b"gone"])])
+    assert drops == [Drop(2, attr_only=False), Drop(1, attr_only=True), Drop(1, name=b"gone")]
+    assert le.attrs((7, 20)) is None
+    assert le.entry((7, 10), b"gone") == (False, None)
+    assert le.entry((7, 10), b"f") == (False, None)  # its object's attributes went
+
+
+def test_break_all_forgets_every_name_of_a_directory():
+    le = active()
+    g = le.generation
+    le.know(1, st(10))
+    for n in (b"a", b"b"):
+        le.put_entry((7, 10), n, ABSENT, g)
+    drops = le.apply_break([((7, 10), BREAK_ALL, [])])
+    assert set(drops) == {Drop(1, attr_only=False), Drop(1, name=b"a"), Drop(1, name=b"b")}
+    assert le.entry((7, 10), b"a") == (False, None)
+
+
+def test_a_new_directory_is_complete_until_someone_else_changes_it():
+    le = active()
+    g = le.generation
+    le.made_dir(st(30), g)
+    assert le.entry((7, 30), b"anything") == (True, ABSENT)
+    le.renamed_in((7, 30), b"f", ((7, 31), None), g)  # our own create keeps it complete
+    le.put_attrs(st(31), g)
+    assert le.entry((7, 30), b"f") == (True, ((7, 31), None))
+    assert le.entry((7, 30), b"other") == (True, ABSENT)
+    le.apply_break([((7, 30), BREAK_ATTR | BREAK_NAMES, [b"x"])])
+    assert le.entry((7, 30), b"other") == (False, None)
+
+
+def test_the_bound_holds_and_evicting_a_name_ends_completeness():
+    le = active(max_entries=3)
+    g = le.generation
+    le.made_dir(st(30), g)
+    for i in range(5):
+        le.put_entry((7, 30), b"n%d" % i, ABSENT, g)
+        le.put_attrs(st(100 + i), g)
+    assert le.statistics()["entries"] == 3 and le.statistics()["attrs"] == 3
+    assert le.entry((7, 30), b"n0") == (False, None)  # evicted, and no longer "complete"
+
+
+def test_reset_forgets_all_and_invalidates_what_the_kernel_may_hold():
+    le = active()
+    g = le.generation
+    le.know(1, st(10))
+    le.know(2, st(20))
+    le.put_attrs(st(20), g)
+    le.put_entry((7, 10), b"no", ABSENT, g)
+    drops = le.reset()
+    assert set(drops) == {Drop(1, attr_only=False), Drop(2, attr_only=False),
+                          Drop(1, name=b"no")}
+    assert le.attrs((7, 20)) is None and le.entry((7, 10), b"no") == (False, None)
+    assert not le.fresh(g)
+
+
+def test_everything_expires_after_the_timeout():
+    """(changes made on the server's disk, not through mxfs, break no promise)"""
+    now = [100.0]
+    le = Leases(timeout=10, clock=lambda: now[0])
+    le.active = True
+    g = le.generation
+    le.put_attrs(st(20), g)
+    le.put_entry((7, 10), b"f", ((7, 20), None), g)
+    le.made_dir(st(30), g)
+    now[0] += 9.9
+    assert le.attrs((7, 20)) is not None and le.entry((7, 10), b"f")[0]
+    assert le.entry((7, 30), b"x") == (True, ABSENT)
+    now[0] += 0.2
+    assert le.attrs((7, 20)) is None
+    assert le.entry((7, 10), b"f") == (False, None)
+    assert le.entry((7, 30), b"x") == (False, None)
