@@ -164,7 +164,8 @@ def reread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     """Read a file of the seqread size twice (it did not change in between); the second
     read is measured: a coherent cache answers it without the server."""
     f = workdir(peer) / "seq.dat"
-    args = [f"--filename={f}", "--rw=read", "--bs=1M", f"--size={cfg.seq_size}"]
+    args = [f"--filename={f}", "--rw=read", "--bs=1M", f"--size={cfg.seq_size}",
+            "--invalidate=0"]  # (fio drops the file's cached pages first by default)
     fio(["--name=warm", *args])
     j = fio(["--name=reread", *args])
     return [m("reread", "throughput", j["read"]["bw_bytes"] / 1e6, "MB/s",
