@@ -91,7 +91,6 @@ class GMEngine(EngineBase):
         self.on_room: Callable[[], None] | None = None
         self.on_unexpected: Callable[[Status], None] | None = None
         self.emit: Callable[[Any, list[OutFrame]], None] | None = None
-        self.waiter: Any = None
         self.on_send_room: Callable[[Hashable], None] | None = None
 
     # -- registration cache --------------------------------------------------------------

@@ -134,6 +134,12 @@ class Request:
     def cancel(self) -> bool:
         return self.engine.cancel(self)
 
+    async def wait(self, timeout: float | None = None) -> Status:
+        """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout``
+        s; the request stays pending then (cancel it or wait again). The waiting is the
+        shell's (endpoint.py, through ``engine.waiter``): the engine itself never blocks."""
+        return await self.engine.waiter(self, timeout)
+
     def add_done_callback(self, fn: Callable[[Request], Any]) -> None:
         """Call ``fn(request)`` once the request completes (MX's completion callbacks), from
         inside mxnet as it happens: in the reader that took the last byte, in the isend that
@@ -238,6 +244,7 @@ class EngineBase:
     on_complete: Callable[[Request], None] | None
     on_room: Callable[[], None] | None
     on_send_room: Callable[[Hashable], None] | None = None  # a full send queue has room again
+    waiter: Any = None  # the shell's ``async wait(req, timeout)``: Request.wait awaits it
 
     # -- the send queue bound (send_buffer_max) ------------------------------------------
     def send_queue_length(self, peer: Hashable) -> int:
@@ -340,7 +347,6 @@ class Engine(EngineBase):
         self.on_complete: Callable[[Request], None] | None = None
         self.on_room: Callable[[], None] | None = None
         self.on_unexpected: Callable[[Status], None] | None = None
-        self.waiter: Any = None  # the shell's ``async wait(req, timeout)``
         self.on_send_room: Callable[[Hashable], None] | None = None
         # credits go back in batches of half the window we grant; a byte batch must not
         # exceed what a sender blocked on one more eager message has outstanding
@@ -700,12 +706,3 @@ class Engine(EngineBase):
     def _deliver_unexpected(self, req: Request, buf: bytearray) -> None:
         n = len(buf)
         self._copy_out(req, memoryview(buf)[: min(n, req.length)], n)
-
-
-async def _wait(self: Request, timeout: float | None = None) -> Status:
-    """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout`` s;
-    the request stays pending then (cancel it or wait again)."""
-    return await self.engine.waiter(self, timeout)
-
-
-Request.wait = _wait  # type: ignore[attr-defined]
