@@ -26,8 +26,15 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsproto.rpc import St, StatTuple, join_path
+
 ROOT_INODE = 1
 Key = Hashable  # the server's handle, or (st_dev, st_ino) where it gives none
+
+
+def stat_key(st: StatTuple) -> tuple[int, int]:
+    """What identifies an object where the server issues no handles: (st_dev, st_ino)."""
+    return st[St.DEV], st[St.INO]
 
 
 class StaleInode(OSError):
@@ -71,6 +78,25 @@ class InodeTable:
             raise StaleInode(f"unknown inode {ino}")
         return node
 
+    def find(self, ino: int) -> Inode | None:
+        """The inode, or None if the table does not know it (any more)."""
+        return self._inodes.get(ino)
+
+    def handles(self, ino: int) -> list[int]:
+        """The client file handles open on *ino* (a copy: callers await between them); none
+        for an inode the table does not know."""
+        node = self._inodes.get(ino)
+        return list(node.handles) if node is not None else []
+
+    def note_attrs(self, ino: int, size: int, mtime_ns: int) -> bool:
+        """The kernel was just told *ino*'s size and mtime: remember them. True when they
+        differ from what it was told before (the file changed elsewhere). StaleInode if the
+        table does not know *ino*."""
+        node = self.get(ino)
+        changed = (node.size, node.mtime_ns) != (size, mtime_ns)
+        node.size, node.mtime_ns = size, mtime_ns
+        return changed
+
     def set_root_key(self, key: Key) -> None:
         root = self._inodes[ROOT_INODE]
         if root.key is None:
@@ -93,8 +119,19 @@ class InodeTable:
         return b"/".join(reversed(parts))
 
     def child_path(self, parent: int, name: bytes) -> bytes:
-        p = self.path(parent)
-        return name if not p else p + b"/" + name
+        return join_path(self.path(parent), name)
+
+    def ref(self, ino: int) -> Any:
+        """How a request names the inode: its server handle, or its path without one
+        (StaleInode if it has neither any more)."""
+        node = self.get(ino)
+        return node.fh if node.fh is not None else self.path(ino)
+
+    def entry_ref(self, parent: int, name: bytes) -> Any:
+        """How a request names the entry *name* in *parent*: [directory handle, name], or
+        its path where the directory has no handle."""
+        node = self.get(parent)
+        return [node.fh, name] if node.fh is not None else self.child_path(parent, name)
 
     # -- naming --------------------------------------------------------------------------------
     def _unname(self, node: Inode, promote: bool = True, keep_name: bool = False) -> None:

@@ -100,7 +100,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(fuse_main)
-                    nursery.start_soon(ops.write_behind_task)
+                    nursery.start_soon(ops.writer.run)
                     nursery.start_soon(ops.invalidator.run)
                     # the kernel caps read-ahead while it handles FUSE_INIT: raise it after
                     with trio.move_on_after(5):

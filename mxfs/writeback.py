@@ -28,7 +28,7 @@ Up to MAX_INFLIGHT runs of one file travel at once (a sequential writer streams 
 paying a round trip per run); a run that overlaps one still travelling waits for it, and a
 write too large to gather waits for all of them, so the server sees overlapping data in order.
 
-This module is pure bookkeeping; fs.py does the sending.
+This module is pure bookkeeping; writer.py does the sending.
 """
 
 from __future__ import annotations

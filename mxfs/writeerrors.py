@@ -18,7 +18,7 @@ on its inode until an fsync succeeds; if the server answering later has another 
 writes the old one acknowledged may be gone, and that becomes an EIO on the inode, reported as
 above. The entries live while the inode has open files: bounded by the open files.
 
-Pure bookkeeping (no I/O): fs.py records, asks and reports.
+Pure bookkeeping (no I/O): writer.py records, asks and reports.
 """
 
 from __future__ import annotations

@@ -69,7 +69,6 @@ class Endpoint:
             from .gm_engine import GMEngine
 
             self.engine: Any = GMEngine(config, self.stats)
-            self.engine.emit = self._emit
         else:
             self.engine = Engine(config, self.stats)
         self.engine.on_complete = self._on_complete
@@ -236,6 +235,12 @@ class Endpoint:
         if frames and isinstance(peer, Peer) and not peer.lost:
             peer.send(frames)
 
+    def _frame_sent(self, frame: Any, short: int) -> None:
+        """A frame is on the wire: tell the engine, send what that lets go (gm: a frame that
+        waited for the send token this one held)."""
+        for peer, f in self.engine.frame_sent(frame, short):
+            self._emit(peer, [f])
+
     def _on_complete(self, req: Request) -> None:
         waiters = req.on_done
         if waiters:
@@ -289,7 +294,7 @@ class Endpoint:
             sock.close()
             raise ConnectError("endpoint is closed")
         peer = Peer(sock, address, self.stats)
-        peer.on_sent = self.engine.frame_sent
+        peer.on_sent = self._frame_sent
         self.engine.add_peer(peer, window)
         self.peers.add(peer)
         self.stats.peers_connected = len(self.peers)
@@ -338,7 +343,8 @@ class Endpoint:
         peer.send_room.set()  # a send() waiting for room sees the peer is gone
         self.peers.discard(peer)
         self.stats.peers_lost += 1
-        self.engine.peer_lost(peer)
+        for other, f in self.engine.peer_lost(peer):
+            self._emit(other, [f])
         peer.lost_event.set()
         log.info("mxnet: peer %s lost (%s)", peer.address, reason)
         for cb in list(self._lost_callbacks):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .errors import ProtocolError, RegistrationError
+from .errors import ProtocolError
 from .gm import ReceivePool, Region, RegistrationTable, SendTokens, size_class
 from .matching import MASK_ALL, Matcher, check_match
 from .protocol import EngineBase, Inbound, OutFrame, Request
@@ -90,8 +90,6 @@ class GMEngine(EngineBase):
         self.on_complete: Callable[[Request], None] | None = None
         self.on_room: Callable[[], None] | None = None
         self.on_unexpected: Callable[[Status], None] | None = None
-        self.emit: Callable[[Any, list[OutFrame]], None] | None = None
-        self.waiter: Any = None
         self.on_send_room: Callable[[Hashable], None] | None = None
 
     # -- registration cache --------------------------------------------------------------
@@ -124,7 +122,9 @@ class GMEngine(EngineBase):
         except KeyError:
             raise ProtocolError("peer is not connected") from None
 
-    def peer_lost(self, peer: Hashable) -> None:
+    def peer_lost(self, peer: Hashable) -> list[tuple[Hashable, OutFrame]]:
+        """Complete everything that depended on ``peer`` with PEER_LOST. Returns the frames
+        of other peers that the send tokens its frames held let go now (in queue order)."""
         st = self.peers.pop(peer, None)
         for u in list(self.matcher._unexpected):
             if u.peer == peer and isinstance(u.item, _Held):
@@ -143,14 +143,21 @@ class GMEngine(EngineBase):
             else:
                 kept.append((p, frame))
         self._token_wait = kept
+        freed = 0
         for key, (p, frame) in list(self._holding.items()):  # handed out, never sent
             if p is peer:
                 del self._holding[key]
                 self._drop_frame(frame)
-                self._give_token()
+                freed += 1
         for req in doomed:
             req._complete(StatusCode.PEER_LOST, req.length, 0)
         self._room()
+        # the tokens come back after the completions: a frame their callbacks send waits
+        # behind those already waiting for a token, so no frame overtakes an older one
+        released: list[tuple[Hashable, OutFrame]] = []
+        for _ in range(freed):
+            released += self._give_token()
+        return released
 
     # -- raw GM API ----------------------------------------------------------------------
     def register(self, buf: Any) -> Region:
@@ -271,30 +278,33 @@ class GMEngine(EngineBase):
             self._release(frame.region, size_class(frame.region.size))
             frame.region = None
 
-    def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
+    def frame_sent(self, frame: OutFrame, short: int = 0) -> list[tuple[Hashable, OutFrame]]:
+        """The shell wrote ``frame``. Returns the frame (and its peer) that the send token
+        it held lets go now, if one waited for a token: the shell sends it."""
         if frame.head is not None:
             self._head_sent(frame.head)
         self._drop_frame(frame)
-        if self._holding.pop(id(frame), None) is not None:
-            self._give_token()
+        released = self._give_token() if self._holding.pop(id(frame), None) is not None else []
         req = frame.request
         if req is None:
-            return
+            return released
         st = self.peers.get(req.peer)
         if st is not None:
             st.inflight.discard(req)
         if req.sync:
-            return  # completes on the receiver's ACK
+            return released  # completes on the receiver's ACK
         code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
         req._complete(code, req.length, req.length - req.short)
+        return released
 
-    def _give_token(self) -> None:
+    def _give_token(self) -> list[tuple[Hashable, OutFrame]]:
+        """A send token comes back: the oldest frame waiting for one takes it."""
         self.tokens.give()
         if self._token_wait and self.tokens.take():
             peer, nxt = self._token_wait.popleft()
             self._holding[id(nxt)] = (peer, nxt)
-            if self.emit is not None:
-                self.emit(peer, [nxt])
+            return [(peer, nxt)]
+        return []
 
     # -- frames in -----------------------------------------------------------------------
     def receive_header(self, peer: Hashable, h: Header) -> Inbound:
@@ -385,6 +395,3 @@ class GMEngine(EngineBase):
         frame = OutFrame(Header(PacketType.GM, CONV.size, klass, CONV.size).pack(), [view],
                          CONV.size, region=region)
         return self._with_token(peer, frame)
-
-
-_ = RegistrationError

@@ -12,7 +12,8 @@ Requests in → frames out:
     header plus the caller's payload *pieces* (memoryview slices or FileRange), passed
     through by identity so the shell can put them on the wire with one sendmsg or with
     sendfile. Bulk frames (rendezvous DATA chunks) are marked so the shell can let small
-    messages overtake them between chunks.
+    messages overtake them between chunks. ``frame_sent`` and ``peer_lost`` return the
+    (peer, frame) pairs they let go, for the shell to send (gm's send tokens; none on mx).
 
 Bytes in → events out, in two steps per frame:
     ``receive_header(peer, header)`` returns an Inbound telling the shell where the
@@ -134,6 +135,12 @@ class Request:
     def cancel(self) -> bool:
         return self.engine.cancel(self)
 
+    async def wait(self, timeout: float | None = None) -> Status:
+        """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout``
+        s; the request stays pending then (cancel it or wait again). The waiting is the
+        shell's (endpoint.py, through ``engine.waiter``): the engine itself never blocks."""
+        return await self.engine.waiter(self, timeout)
+
     def add_done_callback(self, fn: Callable[[Request], Any]) -> None:
         """Call ``fn(request)`` once the request completes (MX's completion callbacks), from
         inside mxnet as it happens: in the reader that took the last byte, in the isend that
@@ -238,6 +245,7 @@ class EngineBase:
     on_complete: Callable[[Request], None] | None
     on_room: Callable[[], None] | None
     on_send_room: Callable[[Hashable], None] | None = None  # a full send queue has room again
+    waiter: Any = None  # the shell's ``async wait(req, timeout)``: Request.wait awaits it
 
     # -- the send queue bound (send_buffer_max) ------------------------------------------
     def send_queue_length(self, peer: Hashable) -> int:
@@ -340,7 +348,6 @@ class Engine(EngineBase):
         self.on_complete: Callable[[Request], None] | None = None
         self.on_room: Callable[[], None] | None = None
         self.on_unexpected: Callable[[Status], None] | None = None
-        self.waiter: Any = None  # the shell's ``async wait(req, timeout)``
         self.on_send_room: Callable[[Hashable], None] | None = None
         # credits go back in batches of half the window we grant; a byte batch must not
         # exceed what a sender blocked on one more eager message has outstanding
@@ -357,8 +364,9 @@ class Engine(EngineBase):
             st.window = window
             st.credits, st.credit_bytes = window
 
-    def peer_lost(self, peer: Hashable) -> None:
-        """Complete everything that depended on ``peer`` with PEER_LOST."""
+    def peer_lost(self, peer: Hashable) -> tuple[()]:
+        """Complete everything that depended on ``peer`` with PEER_LOST. (Returns the frames
+        this lets go, as GMEngine's does: none on mx.)"""
         st = self.peers.pop(peer, None)
         doomed = self.matcher.drop_peer(peer)
         if st is not None:
@@ -373,6 +381,7 @@ class Engine(EngineBase):
         for req in doomed:
             req._complete(StatusCode.PEER_LOST, req.msg_length, req.received)
         self._room()
+        return ()
 
     def _state(self, peer: Hashable) -> _PeerState:
         try:
@@ -462,14 +471,16 @@ class Engine(EngineBase):
         length = item.msg_length if isinstance(item, _UnexpectedRndv) else len(item.buf)
         return Status(StatusCode.SUCCESS, u.peer, u.match, length, 0)
 
-    def frame_sent(self, frame: OutFrame, short: int = 0) -> None:
-        """The shell wrote ``frame`` completely; ``short`` file bytes were zero-filled."""
+    def frame_sent(self, frame: OutFrame, short: int = 0) -> tuple[()]:
+        """The shell wrote ``frame`` completely; ``short`` file bytes were zero-filled.
+        (Returns the frames this lets go, as GMEngine's does: none on mx, where nothing
+        waits for a frame to leave.)"""
         req = frame.request
         head = frame.head
         if head is None:  # rendezvous DATA (or a control frame)
             if req is not None and short:
                 req.short += short
-            return
+            return ()
         st = self.peers.get(head.peer)
         if st is not None:  # the send leaves the peer's queue
             st.queued -= 1
@@ -478,13 +489,14 @@ class Engine(EngineBase):
             if req is not None:
                 st.eager_inflight.discard(req)
         if req is None:  # RNDV: completes on NOTIFY
-            return
+            return ()
         if short:
             req.short += short
         if req.short:
             req._complete(StatusCode.SHORT_SOURCE, req.length, req.length - req.short)
         else:
             req._complete(_SUCCESS, req.length, req.length)
+        return ()
 
     # -- bytes in ------------------------------------------------------------------------
     def receive_header(self, peer: Hashable, h: Header) -> Inbound:
@@ -700,12 +712,3 @@ class Engine(EngineBase):
     def _deliver_unexpected(self, req: Request, buf: bytearray) -> None:
         n = len(buf)
         self._copy_out(req, memoryview(buf)[: min(n, req.length)], n)
-
-
-async def _wait(self: Request, timeout: float | None = None) -> Status:
-    """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout`` s;
-    the request stays pending then (cancel it or wait again)."""
-    return await self.engine.waiter(self, timeout)
-
-
-Request.wait = _wait  # type: ignore[attr-defined]

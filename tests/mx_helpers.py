@@ -60,6 +60,9 @@ class Link:
             self.b.add_peer("A")
         self.queue: deque[tuple[str, OutFrame]] = deque()  # (sender name, frame)
         self.delivered: list[tuple[str, Any]] = []  # (sender name, Header)
+        # frames an engine let go when a frame was sent (gm: send tokens), kept for the
+        # test to look at and send: (sender name, its peer, frame)
+        self.released: list[tuple[str, Any, OutFrame]] = []
 
     def engine(self, name: str) -> Any:
         return self.a if name == "A" else self.b
@@ -96,7 +99,7 @@ class Link:
             return False
         self.queue.popleft()
         data = b"".join(read_piece(p) for p in f.pieces)
-        self.engine(src).frame_sent(f)
+        self.released += [(src, peer, g) for peer, g in self.engine(src).frame_sent(f)]
         pos = 0
         for p in inbound.pieces:
             n = p.length if isinstance(p, FileRange) else p.nbytes

@@ -72,10 +72,9 @@ def test_gm_engine_in_memory():
     tx1 = link.isend("A", data, 1)
     tx2 = link.isend("A", b"second", 2)  # waits for a send token
     assert len(link.queue) == 1
-    sent = []
-    link.a.emit = lambda peer, frames: sent.append((peer, frames))
     link.pump()
     assert rx.status.ok and buf == data and tx1.status.ok
+    sent = [(peer, [f]) for src, peer, f in link.released if src == "A"]  # tx1's token freed
     assert sent and sent[0][0] == "B"
     link.send("A", sent[0][1])
     link.pump()
@@ -203,11 +202,9 @@ def test_peer_lost_returns_send_tokens():
     e = GMEngine(Config(gm_send_tokens=2))
     e.add_peer("A")
     e.add_peer("B")
-    emitted = []
-    e.emit = lambda peer, frames: emitted.append((peer, frames))
     reqs = [e.isend("A", b"x" * 100, 1)[0] for _ in range(3)]  # 2 take tokens, 1 waits
     assert e.tokens.free == 0
-    e.peer_lost("A")
+    assert e.peer_lost("A") == []  # (no frame of another peer waited for those tokens)
     assert all(r.status.code is StatusCode.PEER_LOST for r in reqs)
     assert e.tokens.free == 2
     # and another peer can still send
@@ -215,6 +212,24 @@ def test_peer_lost_returns_send_tokens():
     assert frames and e.tokens.free == 1
     e.frame_sent(frames[0])
     assert req.status.ok and e.tokens.free == 2
+
+
+def test_tokens_of_a_lost_peer_go_to_waiting_frames_in_order():
+    """The send tokens a lost peer's frames held are returned to the shell as the frames of
+    other peers that waited for them (the engine pushes nothing), oldest first; a frame a
+    PEER_LOST completion's callback sends waits behind them."""
+    e = GMEngine(Config(gm_send_tokens=2))
+    e.add_peer("A")
+    e.add_peer("B")
+    lost = [e.isend("A", b"x", 1)[0] for _ in range(2)]  # both tokens
+    first, frames = e.isend("B", b"first", 1)
+    assert frames == []  # waits for a token
+    late = []
+    lost[0].add_done_callback(lambda r: late.append(e.isend("B", b"late", 2)))
+    released = e.peer_lost("A")
+    assert late and late[0][1] == []  # no token was free when the callback sent
+    assert [(peer, f.request) for peer, f in released] == [("B", first), ("B", late[0][0])]
+    assert e.tokens.free == 0
 
 
 async def test_peer_lost_completes_raw_sends():

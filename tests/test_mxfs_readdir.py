@@ -1,0 +1,53 @@
+"""mxfs/readdir.py: the readdir buffer and "." / ".." (pure)."""
+
+from __future__ import annotations
+
+from mxfs.readdir import DOTS, DirBuffer, dots, server_offset
+
+ST = [0] * 13
+
+
+def _batch(*pairs: tuple[bytes, int]) -> list[list[object]]:
+    """READDIR entries [name, server offset after it, stat, handle]."""
+    return [[name, nxt, ST, None] for name, nxt in pairs]
+
+
+def test_dots_owed_from_each_offset() -> None:
+    assert dots(0, 5, 1) == [(b".", 5, 1), (b"..", 1, 2)]
+    assert dots(1, 5, 1) == [(b"..", 1, 2)]
+    assert dots(2, 5, 1) == []
+    assert server_offset(DOTS) == 0 and server_offset(10) == 8
+
+
+def test_entries_carry_their_own_and_next_offsets() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10), (b"b", 20)), eof=False)
+    assert [(e.own, e.name, e.next) for e in buf.entries] == [(2, b"a", 12), (12, b"b", 22)]
+    assert not buf.eof
+    buf.add(22, _batch((b"c", 30)), eof=1)
+    assert buf.eof and buf.entries[-1].own == 22
+
+
+def test_going_on_from_the_first_entry_keeps_them() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10), (b"b", 20), (b"c", 30)), eof=True)
+    buf.entries.pop(0)  # the kernel took "a"
+    buf.rewind(12)
+    assert [e.name for e in buf.entries] == [b"b", b"c"] and buf.eof
+
+
+def test_a_seek_forward_drops_what_came_before() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10), (b"b", 20), (b"c", 30)), eof=True)
+    buf.rewind(22)
+    assert [e.name for e in buf.entries] == [b"c"] and buf.eof
+
+
+def test_an_offset_nothing_starts_at_drops_everything() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10), (b"b", 20)), eof=True)
+    buf.rewind(0)  # a rewind (from the start)
+    assert buf.entries == [] and not buf.eof
+    buf.add(2, _batch((b"a", 10), (b"b", 20)), eof=True)
+    buf.rewind(15)  # between entries
+    assert buf.entries == [] and not buf.eof
