@@ -11,7 +11,7 @@ WORKLOAD_TITLES = {
     "seqwrite": "Sequential write, 1 MiB blocks, fsync at end",
     "seqread": "Sequential read, 1 MiB blocks, cold caches",
     "reread": "Re-read of an unchanged file (read once, then measured), 1 MiB blocks",
-    "cpu": "CPU seconds per GiB moved (sequential write and read above; client and server processes, children included)",
+    "cpu": "CPU spent by the client and server processes (children included): seconds per GiB moved (sequential write and read), µs per operation (4 KiB random read; create, stat, unlink)",
     "randread": "Random read 4 KiB, queue depth 1, O_DIRECT (file warm on the server side)",
     "meta": "Metadata: create, stat, unlink of N empty files (one process)",
     "tree": "Tree: untar + du + find + cp -r + rm -rf of a 1000-file tree",
@@ -207,6 +207,16 @@ def targets(agg, mx="mxfs-mx", gm="mxfs-gm", sshfs=("sshfs", "sshfs-direct"),
                  _find(agg, "meta", "unlink"), ("sshfs-direct",), 1.0)
     ratio_target("mxfs(mx) untar+du+find+cp+rm at least as fast as sshfs directport",
                  _find(agg, "tree", "total"), ("sshfs-direct",), 1.0)
+
+    per_gib = [k for k in _keys_of(agg, "cpu") if k[1].endswith((", write", ", read"))]
+    pairs = [(k, _ratio(agg, k, mx, gm)) for k in per_gib]
+    if pairs and all(r is not None for _, r in pairs):
+        out.append(Target("mxfs(mx) uses less CPU per GiB than mxfs(gm), client and server",
+                          all(r > 1.0 for _, r in pairs),  # type: ignore[operator]
+                          ", ".join(f"{k[1]} {r:.2f}×" for k, r in pairs)))
+    else:
+        out.append(Target("mxfs(mx) uses less CPU per GiB than mxfs(gm), client and server",
+                          None, "no data"))
 
     k = _find(agg, "randread", "p50")
     if k and mx in agg[k]:

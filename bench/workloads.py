@@ -140,6 +140,16 @@ class CpuMeter:
                          "CPU s/GiB", higher=False))
         return out
 
+    def per_op_rows(self, what: str, ops: int) -> list[dict]:
+        """CPU µs per operation (each a round trip on a network file system)."""
+        out = []
+        for side, pids, t0 in (("client", self.client, self.c0), ("server", self.server, self.s0)):
+            if pids and ops:
+                out.append(m("cpu", f"{side}, {what}",
+                             (procs.cpu_seconds(pids) - t0) / ops * 1e6, "CPU µs/op",
+                             higher=False))
+        return out
+
 
 def seqwrite(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     f = workdir(peer) / "seq.dat"
@@ -177,6 +187,7 @@ def randread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     # warm the server side (or the local page cache) the same way on every peer, then read
     # with O_DIRECT so every 4 KiB read is a request to the file system, not a client-cache hit
     fio(["--name=warm", f"--filename={f}", "--rw=read", "--bs=1M", f"--size={cfg.rand_size}"])
+    cpu = CpuMeter(peer)
     j = fio(["--name=randread", f"--filename={f}", "--rw=randread", "--bs=4k", "--iodepth=1",
              "--direct=1", f"--size={cfg.rand_size}", "--time_based",
              f"--runtime={cfg.rand_runtime}", "--ramp_time=1", "--randrepeat=1"])
@@ -184,7 +195,9 @@ def randread(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     pct = r["clat_ns"]["percentile"]
     return [m("randread", "iops", r["iops"], "IOPS"),
             m("randread", "p50", pct["50.000000"] / 1e3, "µs", higher=False),
-            m("randread", "p99", pct["99.000000"] / 1e3, "µs", higher=False)]
+            m("randread", "p99", pct["99.000000"] / 1e3, "µs", higher=False),
+            # (the CPU covers the 1 s ramp too: count its reads at the measured rate)
+            *cpu.per_op_rows("4 KiB read", int(r["iops"] * (cfg.rand_runtime + 1)))]
 
 
 def filesizes(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
@@ -219,13 +232,14 @@ def metadata(peer: Peer, cfg: Config, rnd: int) -> list[dict]:
     d = workdir(peer) / f"meta-r{rnd}"
     if d.exists():
         shutil.rmtree(d)
+    cpu = CpuMeter(peer)
     cp = procs.run([sys.executable, "-m", "bench.meta", str(d), str(cfg.meta_files)],
                    "bench.meta", cwd=REPO)
     t = json.loads(cp.stdout)
     n = cfg.meta_files
     out = [m("meta", op, n / t[op], "ops/s", param=str(n)) for op in ("create", "stat", "unlink")]
     out.append(m("meta", "total", sum(t.values()), "s", higher=False, param=str(n)))
-    return out
+    return out + cpu.per_op_rows("create/stat/unlink", 3 * n)
 
 
 def tree(peer: Peer, cfg: Config, rnd: int, tarball: Path) -> list[dict]:

@@ -202,7 +202,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     # -- translation ---------------------------------------------------------------------------
     def _entry(self, ino: int, st: StatTuple, gen: int | None = None) -> EntryAttributes:
-        self.attrs.forget(ino)  # what the kernel is told now supersedes older post-op ones
+        self.attrs.take(ino)  # what the kernel is told now supersedes older post-op ones
         e = EntryAttributes()
         e.st_ino = ino
         e.generation = 0
