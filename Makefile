@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync git sqlite3 fio attr iproute2 util-linux
 
-.PHONY: all deps sysdeps test test-fast lint demo demo-stop bench clean
+.PHONY: all deps sysdeps test test-fast lint demo demo-stop bench conformance clean
 
 all: test
 
@@ -50,6 +50,15 @@ demo-stop: deps
 
 bench: deps
 	$(PY) -m bench
+
+# POSIX conformance: the third-party pjdfstest suite on a fresh mount, mx then gm (root).
+# pjdfstest is not packaged: build a checkout elsewhere and pass its directory.
+conformance: deps
+	@if [ -z "$(PJDFSTEST)" ]; then \
+	  echo "conformance: set PJDFSTEST to a built pjdfstest checkout (the directory holding"; \
+	  echo "  ./pjdfstest and tests/), e.g.  make conformance PJDFSTEST=/opt/pjdfstest"; exit 2; fi
+	@rc=0; for t in mx gm; do \
+	  PJDFSTEST="$(PJDFSTEST)" tests/conformance/run_pjdfstest.sh $$t || rc=1; done; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
