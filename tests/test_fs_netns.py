@@ -57,14 +57,44 @@ def two_hosts() -> Iterator[tuple[str, str, str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def _mount(ns: str, ip: str, mnt: Path, secret: Path, transport: str) -> subprocess.Popen:
+    """`mxfs mount -f` with its network in namespace *ns* (the mount stays visible here)."""
+    mount = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{ns}", PY, "-m", "mxfs.cli", "mount",
+         f"{ip}:7070", str(mnt), "-o",
+         f"transport={transport},secret_file={secret},timeout={TIMEOUT}", "-f"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
+        cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not is_mounted(mnt):
+        assert mount.poll() is None, mount.stderr.read() if mount.stderr else ""
+        assert time.monotonic() < deadline, "mount did not appear"
+        time.sleep(0.05)
+    return mount
+
+
+def _stop(p: subprocess.Popen | None) -> None:
+    if p is not None and p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 @contextlib.contextmanager
-def served_and_mounted(tmp: Path, transport: str) -> Iterator[tuple[Path, Path, str, str]]:
+def served_and_mounted(tmp: Path, transport: str, *,
+                       on_server_host: Path | None = None
+                       ) -> Iterator[tuple[Path, Path, str, str]]:
+    """A server on one test host, a client on the other; with *on_server_host*, a second
+    client mounted there, on the server's own host."""
     export, mnt, secret = tmp / "export", tmp / "mnt", tmp / "secret"
     export.mkdir()
     mnt.mkdir()
     secret.write_bytes(SECRET + b"\n")
     with two_hosts() as (srv, cli, ip, vs):
-        server = mount = None
+        server = mount = local = None
         try:
             server = subprocess.Popen(
                 ["ip", "netns", "exec", srv, PY, "-m", "server", str(export), "--listen",
@@ -74,29 +104,20 @@ def served_and_mounted(tmp: Path, transport: str) -> Iterator[tuple[Path, Path, 
             assert server.stdout is not None
             line = server.stdout.readline()
             assert re.search(r"listening on", line), line
-            mount = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{cli}", PY, "-m", "mxfs.cli", "mount",
-                 f"{ip}:7070", str(mnt), "-o",
-                 f"transport={transport},secret_file={secret},timeout={TIMEOUT}", "-f"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
-                cwd=ROOT)
-            deadline = time.monotonic() + 20
-            while not is_mounted(mnt):
-                assert mount.poll() is None, mount.stderr.read() if mount.stderr else ""
-                assert time.monotonic() < deadline, "mount did not appear"
-                time.sleep(0.05)
+            mount = _mount(cli, ip, mnt, secret, transport)
+            if on_server_host is not None:
+                on_server_host.mkdir()
+                local = _mount(srv, ip, on_server_host, secret, transport)
             yield export, mnt, srv, vs
         finally:
-            unmount(mnt)
-            for p in (mount, server):
-                if p is not None and p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(5)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait(5)
-            unmount(mnt)
+            for m in (mnt, on_server_host):
+                if m is not None:
+                    unmount(m)
+            for p in (local, mount, server):
+                _stop(p)
+            for m in (mnt, on_server_host):
+                if m is not None:
+                    unmount(m)
 
 
 @pytest.mark.parametrize("transport", ["mx", "gm"])
@@ -130,3 +151,21 @@ def test_two_hosts_tools_and_link_loss(tmp_path: Path, transport: str) -> None:
                 assert time.monotonic() < deadline, "mount did not recover"
                 time.sleep(0.3)
         sh(f"echo again > {mnt}/after && cat {export}/after")
+
+
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_a_change_across_the_link_is_seen_at_once(tmp_path: Path, transport: str) -> None:
+    """Callbacks between two hosts: a client across the veth link and one on the server's
+    host see each other's changes at their very next look (no timeout waited out)."""
+    near = tmp_path / "near"
+    with served_and_mounted(tmp_path, transport, on_server_host=near) as (export, far, _, _):
+        (far / "f").write_text("one")
+        assert (near / "f").read_text() == "one"
+        os.stat(near / "f")
+        os.chmod(far / "f", 0o600)
+        assert os.stat(near / "f").st_mode & 0o777 == 0o600
+        (near / "f").write_text("two")
+        assert (far / "f").read_text() == "two"
+        assert not (near / "g").exists()
+        os.rename(far / "f", far / "g")
+        assert (near / "g").read_text() == "two" and not (near / "f").exists()
