@@ -85,6 +85,7 @@ class Service:
         self.breaks_sent = 0  # BREAK messages (to this transport's clients)
         self.breaks_waited = 0  # replies that waited for other clients' acknowledgements
         self.breaks_unanswered = 0  # clients disconnected for not acknowledging in time
+        self.dropped = 0  # messages of a kind nothing here asks for (a confused client)
         self.slots = slots
         self.data_timeout = data_timeout
         self.requests = 0
@@ -94,8 +95,17 @@ class Service:
         self.hasher = Hasher()  # -o checksum: xxh3-64 of file data through a memory map
         self.checksum_mismatches = 0  # WRITE data that did not land as it was sent
         ep.on_peer_lost(self._peer_lost)
+        ep.set_unexpected_handler(self._unexpected)
         if hasattr(ep, "on_peer_accepted"):
             ep.on_peer_accepted(self._peer_accepted)
+
+    def _unexpected(self, st: Any) -> None:
+        """A message no receive was posted for: requests and write data wait for one (all
+        slots busy; WDATA before its REQ was served); anything else (an acknowledgement
+        nobody waits for, an unknown kind) would sit in the queue forever: dropped."""
+        if st.match >> KIND_SHIFT not in (Kind.REQ, Kind.WDATA):
+            self.dropped += 1
+            self.ep.irecv([mxnet.user(bytearray(0))], st.match, MASK_ALL, peer=st.source)
 
     def _peer_accepted(self, peer: Any) -> None:
         log.info("client %s connected (%s)", peer.address, self.ep.transport)
@@ -429,6 +439,7 @@ class Service:
         d["breaks_sent"] = self.breaks_sent
         d["breaks_waited"] = self.breaks_waited
         d["breaks_unanswered"] = self.breaks_unanswered
+        d["dropped"] = self.dropped
         d["callbacks"] = self.fs.callbacks.statistics()
         return d
 

@@ -11,7 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mxnet
-from fsproto.rpc import BREAK_ALL, BREAK_ATTR, BREAK_DATA, BREAK_NAMES, Op
+from fsproto.rpc import (
+    BREAK_ALL,
+    BREAK_ATTR,
+    BREAK_DATA,
+    BREAK_NAMES,
+    KIND_SHIFT,
+    Kind,
+    Op,
+    make_match,
+)
 from mxfs.rpc import RpcError, open_client
 from server.callbacks import Callbacks
 from server.confine import Export
@@ -234,4 +243,21 @@ async def test_a_client_that_left_is_owed_nothing(tmp_path, transport):
                     await trio.sleep(0.01)
             await a.call(Op.SETATTR, b"f", None, 0o600, None, None, None, None, None)
             assert svc.statistics()["breaks_sent"] == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_stray_acknowledgements_and_unknown_kinds_are_dropped(tmp_path, transport):
+    """A confused client's BREAK_ACK nobody waits for, or a message of no known kind, must
+    not sit in the server's queue for ever (nor stop it serving that client)."""
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as a:
+            a.ep.isend(a.peer, [mxnet.user(b"")], make_match(Kind.BREAK_ACK, 12345))
+            a.ep.isend(a.peer, [mxnet.user(b"junk")], (0x7F << KIND_SHIFT) | 1)
+            with trio.fail_after(5):
+                while svc.statistics()["dropped"] < 2:
+                    await a.call(Op.PING)
+            assert (await a.call(Op.PING))["version"] > 0
+            assert svc.ep.statistics().as_dict()["unexpected_now"] == 0
         nursery.cancel_scope.cancel()
