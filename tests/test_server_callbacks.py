@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -138,6 +139,18 @@ class Recorder:
             self.rpc.ack_break(seq)
 
 
+@contextlib.asynccontextmanager
+async def two_clients(tmp_path, transport, **kw):
+    """A server on tmp_path and two RPC clients of it: (service, a, b)."""
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport, **kw)
+        port = ep.address[1]
+        async with open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as a, \
+                open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as b:
+            yield svc, a, b
+        nursery.cancel_scope.cancel()
+
+
 def _key(tmp_path, name):
     s = os.lstat(tmp_path / name) if name else os.stat(tmp_path)
     return (s.st_dev, s.st_ino)
@@ -146,87 +159,72 @@ def _key(tmp_path, name):
 async def test_a_change_waits_until_the_holder_acknowledged(tmp_path, transport):
     (tmp_path / "f").write_bytes(b"x")
     log: list[str] = []
-    async with trio.open_nursery() as nursery:
-        ep, svc = await _serve(nursery, tmp_path, transport)
-        port = ep.address[1]
-        async with open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as a, \
-                open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as b:
-            assert a.callbacks and b.callbacks
-            rb = Recorder(b, log)
-            ra = Recorder(a, log)
-            await b.call(Op.GETATTR, b"f")  # b caches f's attributes: a promise
-            await a.call(Op.GETATTR, b"f")
-            await a.call(Op.SETATTR, b"f", None, 0o600, None, None, None, None, None)
-            log.append("reply")
-            assert log == ["break", "ack", "reply"]  # b heard of it before a's chmod returned
-            assert rb.entries == [(_key(tmp_path, "f"), BREAK_ATTR, [])]
-            assert ra.entries == []  # the changer keeps its own promise
-            # b's promise is gone: a second change owes b nothing
-            await a.call(Op.SETATTR, b"f", None, 0o644, None, None, None, None, None)
-            assert log == ["break", "ack", "reply"]
-            assert svc.statistics()["breaks_waited"] == 1
-        nursery.cancel_scope.cancel()
+    async with two_clients(tmp_path, transport) as (svc, a, b):
+        assert a.callbacks and b.callbacks
+        rb = Recorder(b, log)
+        ra = Recorder(a, log)
+        await b.call(Op.GETATTR, b"f")  # b caches f's attributes: a promise
+        await a.call(Op.GETATTR, b"f")
+        await a.call(Op.SETATTR, b"f", None, 0o600, None, None, None, None, None)
+        log.append("reply")
+        assert log == ["break", "ack", "reply"]  # b heard of it before a's chmod returned
+        assert rb.entries == [(_key(tmp_path, "f"), BREAK_ATTR, [])]
+        assert ra.entries == []  # the changer keeps its own promise
+        # b's promise is gone: a second change owes b nothing
+        await a.call(Op.SETATTR, b"f", None, 0o644, None, None, None, None, None)
+        assert log == ["break", "ack", "reply"]
+        assert svc.statistics()["breaks_waited"] == 1
 
 
 async def test_names_data_and_negative_lookups_are_promised(tmp_path, transport):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "old").write_bytes(b"1")
     log: list[str] = []
-    async with trio.open_nursery() as nursery:
-        ep, svc = await _serve(nursery, tmp_path, transport)
-        port = ep.address[1]
-        async with open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as a, \
-                open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as b:
-            rb = Recorder(b, log)
-            d = _key(tmp_path, "d")
-            with pytest.raises(RpcError) as e:  # b learns "new" does not exist
-                await b.call(Op.LOOKUP, b"d/new")
-            assert e.value.errno == errno.ENOENT
-            hid, *_ = await a.call(Op.CREATE, b"d/new", os.O_RDWR, 0o644)
-            assert rb.entries == [(d, BREAK_ATTR | BREAK_NAMES, [b"new"])]
-            rb.entries.clear()
-            await b.call(Op.LOOKUP, b"d/new")  # promises on d and on new
-            await a.write(hid, 0, b"data", epoch=a.epoch)
-            new = _key(tmp_path, "d/new")
-            assert rb.entries == [(new, BREAK_ATTR | BREAK_DATA, [])]
-            rb.entries.clear()
-            await b.call(Op.LOOKUP, b"d/old")
-            old = _key(tmp_path, "d/old")
-            await a.call(Op.RENAME, b"d/old", b"d/new", 0)  # old replaces new
-            got = {k: (f, n) for k, f, n in rb.entries}
-            assert got[d] == (BREAK_ATTR | BREAK_NAMES, [b"new", b"old"])
-            assert got[old] == (BREAK_ATTR, [])  # its ctime
-            rb.entries.clear()
+    async with two_clients(tmp_path, transport) as (svc, a, b):
+        rb = Recorder(b, log)
+        d = _key(tmp_path, "d")
+        with pytest.raises(RpcError) as e:  # b learns "new" does not exist
             await b.call(Op.LOOKUP, b"d/new")
-            await a.call(Op.UNLINK, b"d/new")
-            got = {k: (f, n) for k, f, n in rb.entries}
-            assert got[d] == (BREAK_ATTR | BREAK_NAMES, [b"new"]) and old in got
-        nursery.cancel_scope.cancel()
+        assert e.value.errno == errno.ENOENT
+        hid, *_ = await a.call(Op.CREATE, b"d/new", os.O_RDWR, 0o644)
+        assert rb.entries == [(d, BREAK_ATTR | BREAK_NAMES, [b"new"])]
+        rb.entries.clear()
+        await b.call(Op.LOOKUP, b"d/new")  # promises on d and on new
+        await a.write(hid, 0, b"data", epoch=a.epoch)
+        new = _key(tmp_path, "d/new")
+        assert rb.entries == [(new, BREAK_ATTR | BREAK_DATA, [])]
+        rb.entries.clear()
+        await b.call(Op.LOOKUP, b"d/old")
+        old = _key(tmp_path, "d/old")
+        await a.call(Op.RENAME, b"d/old", b"d/new", 0)  # old replaces new
+        got = {k: (f, n) for k, f, n in rb.entries}
+        assert got[d] == (BREAK_ATTR | BREAK_NAMES, [b"new", b"old"])
+        assert got[old] == (BREAK_ATTR, [])  # its ctime
+        rb.entries.clear()
+        await b.call(Op.LOOKUP, b"d/new")
+        await a.call(Op.UNLINK, b"d/new")
+        got = {k: (f, n) for k, f, n in rb.entries}
+        assert got[d] == (BREAK_ATTR | BREAK_NAMES, [b"new"]) and old in got
 
 
 async def test_a_holder_that_never_answers_is_cut_off(tmp_path, transport):
     (tmp_path / "f").write_bytes(b"x")
     log: list[str] = []
-    async with trio.open_nursery() as nursery:
-        ep, svc = await _serve(nursery, tmp_path, transport, break_timeout=0.5)
-        port = ep.address[1]
-        async with open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as a, \
-                open_client("127.0.0.1", port, key=KEY, transport=transport, timeout=5) as b:
-            Recorder(b, log, ack=False)
-            lost = []
-            b.on_reset = lambda: lost.append(b.peer is None)
-            await b.call(Op.GETATTR, b"f")
-            await a.call(Op.SETATTR, b"f", None, 0o600, None, None, None, None, None)
-            assert log == ["break"]  # a's change went through all the same
-            assert svc.statistics()["breaks_unanswered"] == 1
-            with trio.fail_after(5):
-                while not lost:
-                    await trio.sleep(0.01)
-            assert lost[0] is True  # b learned its connection (and its promises) ended
-            # a's next change waits for nobody
-            await a.call(Op.SETATTR, b"f", None, 0o644, None, None, None, None, None)
-            assert svc.statistics()["callbacks"]["clients"] == 1
-        nursery.cancel_scope.cancel()
+    async with two_clients(tmp_path, transport, break_timeout=0.5) as (svc, a, b):
+        Recorder(b, log, ack=False)
+        lost = []
+        b.on_reset = lambda: lost.append(b.peer is None)
+        await b.call(Op.GETATTR, b"f")
+        await a.call(Op.SETATTR, b"f", None, 0o600, None, None, None, None, None)
+        assert log == ["break"]  # a's change went through all the same
+        assert svc.statistics()["breaks_unanswered"] == 1
+        with trio.fail_after(5):
+            while not lost:
+                await trio.sleep(0.01)
+        assert lost[0] is True  # b learned its connection (and its promises) ended
+        # a's next change waits for nobody
+        await a.call(Op.SETATTR, b"f", None, 0o644, None, None, None, None, None)
+        assert svc.statistics()["callbacks"]["clients"] == 1
 
 
 async def test_a_client_that_left_is_owed_nothing(tmp_path, transport):
