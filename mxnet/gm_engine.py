@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from .config import Config
 from .errors import ProtocolError
 from .gm import ReceivePool, Region, RegistrationTable, SendTokens, size_class
 from .matching import MASK_ALL, Matcher, check_match
-from .protocol import EngineBase, Inbound, OutFrame, Request
+from .protocol import EngineBase, Events, Inbound, OutFrame, Request
 from .segments import FileRange, as_vector, pieces
 from .stats import Statistics
 from .status import Status, StatusCode
@@ -87,10 +87,7 @@ class GMEngine(EngineBase):
         self._token_wait: deque[tuple[Any, OutFrame]] = deque()
         self._holding: dict[int, tuple[Any, OutFrame]] = {}  # frames holding a send token
         self.peers: dict[Hashable, _PeerState] = {}
-        self.on_complete: Callable[[Request], None] | None = None
-        self.on_room: Callable[[], None] | None = None
-        self.on_unexpected: Callable[[Status], None] | None = None
-        self.on_send_room: Callable[[Hashable], None] | None = None
+        self.events = Events()
 
     # -- registration cache --------------------------------------------------------------
     def _region(self, klass: int) -> Region:
@@ -315,6 +312,8 @@ class GMEngine(EngineBase):
         if h.type is not PacketType.GM:
             raise ProtocolError(f"{h.type.name} frame on a gm connection")
         klass, n = h.a, h.length
+        if n > self.config.max_message:  # (mx checks its lengths per type, in its engine)
+            raise ProtocolError(f"frame of {n} bytes exceeds max_message")
         # the class must be the one the length needs: a larger class would make us register
         # a buffer of 2**class bytes for a tiny frame (memory a peer could pile up at will)
         if klass > self.config.gm_max_size_class or klass != size_class(n) or n != h.b:

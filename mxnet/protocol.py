@@ -22,6 +22,11 @@ Bytes in → events out, in two steps per frame:
     unexpected queue is full. Once the shell has filled those pieces it calls
     ``receive_done(peer)``, which completes requests and returns frames to send.
 
+Events out: what a call cannot return goes to ``engine.events`` (completed requests, room
+in the unexpected queue, room in a peer's send queue), which the shell takes after each
+call. The engine never calls the shell and knows nothing of trio; the only calls out are
+the user's: completion callbacks and the unexpected-message handler, both MX semantics.
+
 Size classes (Open-MX): tiny ≤ 32 B, small ≤ 128 B, medium ≤ 32 KiB go EAGER; larger
 messages, and every synchronous send, go by rendezvous:
     sender   RNDV(match, length, send handle)            → receiver
@@ -53,7 +58,7 @@ Flow control (credits)
 
     Send queue: a peer's messages accepted by isend and not yet written to the socket
     (waiting for it or for credits) are counted in ``queued``; isend refuses past
-    ``send_buffer_max`` (QueueFull) and the shell's ``send`` waits (``on_send_room``).
+    ``send_buffer_max`` (QueueFull) and the shell's ``send`` waits (``events.send_room``).
     Engine-made frames (DATA of an accepted send, PULL, NOTIFY, CREDIT, PONG) are not
     counted: each answers something already bounded.
 """
@@ -109,7 +114,6 @@ class Request:
     msg_length = 0
     short = 0  # file bytes that were missing on send (zero-filled)
     send_handle = 0
-    on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
     callbacks: list[Callable[[Request], Any]] | None = None  # add_done_callback
     _posted: Any = None
 
@@ -133,13 +137,18 @@ class Request:
         return self.status
 
     def cancel(self) -> bool:
-        return self.engine.cancel(self)
+        """Cancel a receive still waiting for its message (mx_cancel). True if cancelled."""
+        shell = self.engine.shell
+        return shell.cancel(self) if shell is not None else self.engine.cancel(self)
 
     async def wait(self, timeout: float | None = None) -> Status:
         """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout``
         s; the request stays pending then (cancel it or wait again). The waiting is the
-        shell's (endpoint.py, through ``engine.waiter``): the engine itself never blocks."""
-        return await self.engine.waiter(self, timeout)
+        shell's (endpoint.py, ``engine.shell``): the engine itself never blocks."""
+        shell = self.engine.shell
+        if shell is None:
+            raise RuntimeError("a sans-IO engine has no shell to wait in: test() instead")
+        return await shell.wait(self, timeout)
 
     def add_done_callback(self, fn: Callable[[Request], Any]) -> None:
         """Call ``fn(request)`` once the request completes (MX's completion callbacks), from
@@ -159,9 +168,7 @@ class Request:
         if self.status is not None:
             return
         self.status = _new_status(Status, (code, self.peer, self.match, msg_length, xfer, error))
-        done = self.engine.on_complete
-        if done is not None:
-            done(self)
+        self.engine.events.completed.append(self)
         if self.callbacks is not None:
             self.engine._run_callbacks(self)
 
@@ -233,19 +240,35 @@ class _PeerState:
     owed_bytes: int = 0
 
 
+class Events:
+    """What an engine has to tell its shell beyond what its calls return (frames to
+    transmit, an Inbound that may say *paused*): the requests that completed, that the
+    unexpected queue has room again (a paused reader may ask again), the peers whose full
+    send queue has room. Open-MX's event queue: the engine only appends, never calls the
+    shell; the shell takes the events after each engine call it makes."""
+
+    __slots__ = ("completed", "room", "send_room")
+
+    def __init__(self) -> None:
+        self.completed: list[Request] = []  # in completion order
+        self.room = False  # the unexpected queue shrank
+        self.send_room: list[Hashable] = []  # peers whose send queue fell below send_buffer_max
+
+
 class EngineBase:
     """What the MX and GM engines share: posting a receive (matching it against the
-    unexpected queue first) and cancelling one. Requests tell the shell they completed
-    through ``on_complete``."""
+    unexpected queue first) and cancelling one. Completions and room go to ``events``."""
 
     config: Config
     matcher: Matcher[Any]
     peers: dict[Hashable, Any]
     stats: Statistics
-    on_complete: Callable[[Request], None] | None
-    on_room: Callable[[], None] | None
-    on_send_room: Callable[[Hashable], None] | None = None  # a full send queue has room again
-    waiter: Any = None  # the shell's ``async wait(req, timeout)``: Request.wait awaits it
+    events: Events
+    # the user's unexpected-message handler (mx_register_unexp_handler): called during
+    # matching, before the message is queued, and may post the receive that takes it
+    on_unexpected: Callable[[Status], None] | None = None
+    # the shell that waits and cancels for Request.wait/cancel; the engine never calls it
+    shell: Any = None
 
     # -- the send queue bound (send_buffer_max) ------------------------------------------
     def send_queue_length(self, peer: Hashable) -> int:
@@ -267,8 +290,8 @@ class EngineBase:
         st = self.peers.get(head.peer)
         if st is not None:
             st.queued -= 1
-            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
-                self.on_send_room(head.peer)
+            if st.queued == self.config.send_buffer_max - 1:
+                self.events.send_room.append(head.peer)
 
     def _copy_out(self, req: Request, src: memoryview, msg_length: int) -> None:
         """Complete ``req`` with a message kept here (unexpected queue, gm receive buffer),
@@ -333,8 +356,7 @@ class EngineBase:
 
     def _room(self) -> None:
         self.stats.unexpected_now = self.matcher.unexpected_count()
-        if self.on_room is not None:
-            self.on_room()
+        self.events.room = True
 
 
 class Engine(EngineBase):
@@ -345,10 +367,7 @@ class Engine(EngineBase):
             self.config.unexpected_max_count, self.config.unexpected_max_bytes
         )
         self.peers: dict[Hashable, _PeerState] = {}
-        self.on_complete: Callable[[Request], None] | None = None
-        self.on_room: Callable[[], None] | None = None
-        self.on_unexpected: Callable[[Status], None] | None = None
-        self.on_send_room: Callable[[Hashable], None] | None = None
+        self.events = Events()
         # credits go back in batches of half the window we grant; a byte batch must not
         # exceed what a sender blocked on one more eager message has outstanding
         count, nbytes = self.config.unexpected_max_count, self.config.unexpected_max_bytes
@@ -484,8 +503,8 @@ class Engine(EngineBase):
         st = self.peers.get(head.peer)
         if st is not None:  # the send leaves the peer's queue
             st.queued -= 1
-            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
-                self.on_send_room(head.peer)
+            if st.queued == self.config.send_buffer_max - 1:
+                self.events.send_room.append(head.peer)
             if req is not None:
                 st.eager_inflight.discard(req)
         if req is None:  # RNDV: completes on NOTIFY
