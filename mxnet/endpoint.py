@@ -45,12 +45,12 @@ from .config import Config
 from .errors import ConnectError, MxError, ProtocolError, Timeout
 from .matching import MASK_ALL
 from .peer import Peer
-from .protocol import Engine, Request
+from .protocol import Engine, OutFrame, Request
 from .segments import FileRange
 from .sockio import PeerGone, Splicer, discard, recv_exact_into, recv_vector_into
 from .stats import Statistics
 from .status import Status, StatusCode
-from .wire import HEADER_LEN, FrameError, unpack_header
+from .wire import HEADER_LEN, PING, FrameError, unpack_header
 
 log = logging.getLogger("mxnet")
 _YIELD_EVERY = 256 << 10  # after this many bytes read without sleeping, the reader yields
@@ -506,10 +506,6 @@ class Endpoint:
             peer.blocked = False
 
     async def _keepalive(self, peer: Peer) -> None:
-        from .protocol import OutFrame
-        from .wire import Header, PacketType
-
-        ping = Header(PacketType.PING).pack()
         interval = self.config.keepalive
         seen, last_rx = peer.rx_frames, trio.current_time()
         while True:
@@ -522,7 +518,7 @@ class Endpoint:
             if idle > self.config.peer_timeout:
                 peer.lost_reason = f"silent for {idle:.1f} s (peer_timeout)"
                 raise PeerGone(peer.lost_reason)
-            peer.enqueue([OutFrame(ping)])
+            peer.enqueue([OutFrame(PING)])
             peer.kick()
 
     # -- listening -----------------------------------------------------------------------
