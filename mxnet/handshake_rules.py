@@ -67,7 +67,7 @@ _MALFORMED_WINDOW = "malformed handshake (credit window)"
 class _Handshake:
     """A side's progress: ``want`` bytes to read next, handed to the state's method."""
 
-    other = ""  # the side we talk to, for messages
+    me, other = "", ""  # which side this is, and the side we talk to (for messages)
 
     def __init__(self, key: bytes, transport: str, window: tuple[int, int] | None,
                  nonce: bytes | None) -> None:
@@ -94,6 +94,26 @@ class _Handshake:
         return Step(error=ConnectError(
             f"{self.other} refused the connection: {reason_text(data[0])}"))
 
+    def _check(self, magic: bytes, version: int, tid: int) -> Step | None:
+        """The other side's greeting (HELLO or CHALLENGE): a REJECT if we cannot talk."""
+        if magic != wire.MAGIC:
+            return reject(MALFORMED, f"not an mxnet {self.other} (bad magic)")
+        if version != wire.VERSION:
+            return reject(VERSION_MISMATCH, f"wire version mismatch: {self.other} {version}, "
+                                            f"{self.me} {wire.VERSION}")
+        if tid != self.tid:
+            return reject(TRANSPORT_MISMATCH, f"transport mismatch: {self.other} and {self.me} "
+                                              "use different transports")
+        return None
+
+    def _their_window(self, data: bytes) -> Step:
+        """The last message: the credit window the other side grants (None: malformed)."""
+        self._expect(0, self._done)
+        return self._agreed(parse_window(data))
+
+    def _agreed(self, theirs: tuple[int, int] | None) -> Step:
+        raise NotImplementedError
+
     def _head_or_refusal(self, head: bytes, size: int, state: object) -> Step:
         """The first 4 bytes of the other side's answer: NOPE (1 reason byte follows) or
         the start of the ``size``-byte message ``state`` reads."""
@@ -106,7 +126,7 @@ class _Handshake:
 
 
 class ClientHandshake(_Handshake):
-    other = "server"
+    me, other = "client", "server"
 
     def __init__(self, key: bytes, transport: str, window: tuple[int, int] | None = None,
                  nonce: bytes | None = None) -> None:
@@ -121,14 +141,9 @@ class ClientHandshake(_Handshake):
 
     def _challenge(self, rest: bytes) -> Step:
         magic, version, stid, sn, smac = wire.CHALLENGE.unpack(self._head + rest)
-        if magic != wire.MAGIC:
-            return reject(MALFORMED, "not an mxnet server (bad magic)")
-        if version != wire.VERSION:
-            return reject(VERSION_MISMATCH,
-                          f"wire version mismatch: server {version}, client {wire.VERSION}")
-        if stid != self.tid:
-            return reject(TRANSPORT_MISMATCH,
-                          "transport mismatch: server and client use different transports")
+        refused = self._check(magic, version, stid)
+        if refused is not None:
+            return refused
         if not hmac.compare_digest(smac, mac(self.key, b"srv", self.nonce, sn)):
             return reject(WRONG_KEY,
                           "wrong key: the server could not prove it holds the shared secret")
@@ -143,16 +158,14 @@ class ClientHandshake(_Handshake):
         self._expect(wire.WINDOW.size, self._their_window)
         return Step()
 
-    def _their_window(self, data: bytes) -> Step:
-        theirs = parse_window(data)
-        self._expect(0, self._done)
+    def _agreed(self, theirs: tuple[int, int] | None) -> Step:
         if theirs is None:
             return Step(error=ConnectError(_MALFORMED_WINDOW))
         return Step(window=theirs)
 
 
 class ServerHandshake(_Handshake):
-    other = "client"
+    me, other = "server", "client"
 
     def __init__(self, key: bytes, transport: str, window: tuple[int, int] | None = None,
                  nonce: bytes | None = None) -> None:
@@ -165,14 +178,9 @@ class ServerHandshake(_Handshake):
 
     def _hello(self, data: bytes) -> Step:
         magic, version, tid, cn = wire.HELLO.unpack(data)
-        if magic != wire.MAGIC:
-            return reject(MALFORMED, "not an mxnet client (bad magic)")
-        if version != wire.VERSION:
-            return reject(VERSION_MISMATCH,
-                          f"wire version mismatch: client {version}, server {wire.VERSION}")
-        if tid != self.tid:
-            return reject(TRANSPORT_MISMATCH,
-                          "transport mismatch: client and server use different transports")
+        refused = self._check(magic, version, tid)
+        if refused is not None:
+            return refused
         self._cn = cn
         self._expect(4, self._auth_head)
         sn = self.nonce
@@ -191,9 +199,7 @@ class ServerHandshake(_Handshake):
         self._expect(wire.WINDOW.size, self._their_window)
         return Step()
 
-    def _their_window(self, data: bytes) -> Step:
-        theirs = parse_window(data)
-        self._expect(0, self._done)
+    def _agreed(self, theirs: tuple[int, int] | None) -> Step:
         if theirs is None:
             return reject(MALFORMED, _MALFORMED_WINDOW)
         return Step(wire.REPLY.pack(b"OKAY", 0) + window_bytes(self.window), window=theirs)

@@ -73,26 +73,26 @@ def test_imports_follow_the_layers(package: str) -> None:
     assert problems(package) == []
 
 
+def probe(package: str, source: str) -> list[str]:
+    """Where the check finds problems in *package* with a module of *source* added to it."""
+    mod = ROOT / package / "_layering_probe.py"
+    mod.write_text(source)
+    try:
+        found = problems(package)
+    finally:
+        mod.unlink()
+    return [p.split(" ")[0] for p in found]
+
+
 def test_the_check_sees_a_forbidden_import() -> None:
     """The walk finds a forbidden import at the top and one inside a function, and takes a
     relative import for one of the package's own."""
-    mod = ROOT / "server" / "_layering_probe.py"
-    mod.write_text("import mxfs.rpc\nfrom . import ops\n\n\ndef f():\n    from mxfs import fs\n")
-    try:
-        found = problems("server")
-    finally:
-        mod.unlink()
-    assert [p.split(" ")[0] for p in found] == ["server/_layering_probe.py:1",
-                                                "server/_layering_probe.py:6"]
+    found = probe("server", "import mxfs.rpc\nfrom . import ops\n\n\ndef f():\n"
+                            "    from mxfs import fs\n")
+    assert found == ["server/_layering_probe.py:1", "server/_layering_probe.py:6"]
 
 
 def test_the_check_sees_trio_in_the_sans_io_engine() -> None:
     """A module of mxnet outside the trio shell that imports trio (even lazily) breaks the
     sans-IO rule; the shell's own modules may."""
-    mod = ROOT / "mxnet" / "_layering_probe.py"
-    mod.write_text("def f():\n    import trio\n")
-    try:
-        found = problems("mxnet")
-    finally:
-        mod.unlink()
-    assert [p.split(" ")[0] for p in found] == ["mxnet/_layering_probe.py:2"]
+    assert probe("mxnet", "def f():\n    import trio\n") == ["mxnet/_layering_probe.py:2"]
