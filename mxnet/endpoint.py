@@ -20,8 +20,11 @@ its reader waits for room, reading nothing more from that socket. Sends to one p
 are not on the wire yet are bounded by ``send_buffer_max``: ``isend`` raises QueueFull,
 ``await send`` waits for room.
 
-The engine is either the MX engine (protocol.Engine) or the GM engine (gm.GMEngine); this
-shell does not care which.
+The engine is either the MX engine (protocol.Engine) or the GM engine (gm_engine.GMEngine);
+this shell does not care which. The engine returns frames to put on the wire and, for a
+header, where its payload goes (or *paused*); what else it has to say waits in
+``engine.events`` (completed requests, room), which the shell takes after each call
+(``_take_events``): tasks parked in ``wait`` are woken here, the engine knows no trio.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ from .config import Config
 from .errors import ConnectError, MxError, ProtocolError, Timeout
 from .matching import MASK_ALL
 from .peer import Peer
-from .protocol import Engine, Request
+from .protocol import Engine, OutFrame, Request
 from .segments import FileRange
 from .sockio import PeerGone, Splicer, discard, recv_exact_into, recv_vector_into
 from .stats import Statistics
 from .status import Status, StatusCode
-from .wire import HEADER_LEN, FrameError, unpack_header
+from .wire import HEADER_LEN, PING, FrameError, unpack_header
 
 log = logging.getLogger("mxnet")
 _YIELD_EVERY = 256 << 10  # after this many bytes read without sleeping, the reader yields
@@ -71,11 +74,10 @@ class Endpoint:
             self.engine: Any = GMEngine(config, self.stats)
         else:
             self.engine = Engine(config, self.stats)
-        self.engine.on_complete = self._on_complete
-        self.engine.on_room = self._on_room
-        self.engine.on_send_room = self._on_send_room
+        self.engine.shell = self  # Request.wait and Request.cancel come here
+        self._events = self.engine.events
+        self._parked: dict[Request, list[Any]] = {}  # tasks waiting in wait(), by request
         self._window = (config.unexpected_max_count, config.unexpected_max_bytes)
-        self.engine.waiter = self._wait
         self._nursery = nursery
         self._listeners: list[socket.socket] = []
         self.address: tuple[str, int] = ("", 0)
@@ -147,6 +149,7 @@ class Endpoint:
     def irecv(self, segments: Any, match: int = 0, mask: int = MASK_ALL, *,
               peer: Peer | None = None) -> Request:
         req, frames = self.engine.irecv(segments, match, mask, peer)
+        self._take_events()
         self._emit(req.peer, frames)
         return req
 
@@ -213,11 +216,13 @@ class Endpoint:
         """GM: pre-post a registered buffer for one message of ``size_class`` (2**k bytes).
         The returned request completes when a message lands in it."""
         req = self._gm().provide_receive_buffer(region, size_class)
+        self._take_events()
         return req
 
     def gm_send(self, peer: Peer, region: Any, offset: int, length: int) -> Request:
         """GM: send one contiguous range of a registered region (uses a send token)."""
         req, frames = self._gm().gm_send(peer, region, offset, length)
+        self._take_events()
         self._emit(peer, frames)
         return req
 
@@ -226,6 +231,7 @@ class Endpoint:
         if peer.lost:
             req = Request("send", (), match, MASK_ALL, peer, self.engine, sync)
             req._complete(StatusCode.PEER_LOST, 0, 0)
+            self._take_events()
             return req
         req, frames = self.engine.isend(peer, segments, match, sync)
         self._emit(peer, frames)
@@ -238,29 +244,46 @@ class Endpoint:
     def _frame_sent(self, frame: Any, short: int) -> None:
         """A frame is on the wire: tell the engine, send what that lets go (gm: a frame that
         waited for the send token this one held)."""
-        for peer, f in self.engine.frame_sent(frame, short):
+        released = self.engine.frame_sent(frame, short)
+        self._take_events()
+        for peer, f in released:
             self._emit(peer, [f])
 
-    def _on_complete(self, req: Request) -> None:
-        waiters = req.on_done
-        if waiters:
-            req.on_done = None
-            for task in waiters:
-                trio.lowlevel.reschedule(task)
-        if self._track_any:
-            self._completed[req] = None
-            while len(self._completed) > 4096:  # only wait_any reads this; keep it bounded
-                self._completed.popitem(last=False)
-        if self._event_waiters:
-            self._any_event.set()
+    def _take_events(self) -> None:
+        """Act on what the engine queued in ``events`` during the call just made: wake the
+        tasks waiting for completed requests, paused readers, senders waiting for room."""
+        ev = self._events
+        done = ev.completed
+        if done:
+            parked = self._parked
+            for req in done:
+                tasks = parked.pop(req, None) if parked else None
+                if tasks:
+                    for task in tasks:
+                        trio.lowlevel.reschedule(task)
+                if self._track_any:
+                    self._completed[req] = None
+                    while len(self._completed) > 4096:  # only wait_any reads it: bounded
+                        self._completed.popitem(last=False)
+            done.clear()
+            if self._event_waiters:
+                self._any_event.set()
+        if ev.room:
+            ev.room = False
+            self._room_event.set()
+        if ev.send_room:
+            for peer in ev.send_room:
+                peer.send_room.set()
+            ev.send_room.clear()
 
-    def _on_room(self) -> None:
-        self._room_event.set()
+    def cancel(self, req: Request) -> bool:
+        """Request.cancel: the engine cancels, the shell wakes whoever waits for it."""
+        cancelled = self.engine.cancel(req)
+        self._take_events()
+        return cancelled
 
-    def _on_send_room(self, peer: Any) -> None:
-        peer.send_room.set()
-
-    async def _wait(self, req: Request, timeout: float | None) -> Status:
+    async def wait(self, req: Request, timeout: float | None) -> Status:
+        """Request.wait: park the task until the request completes (``_take_events``)."""
         if req.status is None and self._spin:
             # MX polls a while before blocking: yielding keeps trio polling epoll with a zero
             # timeout, so a quick answer is picked up without this vCPU halting and paying a
@@ -272,20 +295,34 @@ class Endpoint:
         if req.status is None:
             # park until the completion reschedules us: cheaper than an Event per request
             task = trio.lowlevel.current_task()
-            if req.on_done is None:
-                req.on_done = [task]
+            tasks = self._parked.get(req)
+            if tasks is None:
+                self._parked[req] = [task]
             else:
-                req.on_done.append(task)
+                tasks.append(task)
             if timeout is None:
-                await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
+                await trio.lowlevel.wait_task_rescheduled(self._aborter(req, task))
             else:
                 with _deadline(timeout):
-                    await trio.lowlevel.wait_task_rescheduled(_aborter(req, task))
+                    await trio.lowlevel.wait_task_rescheduled(self._aborter(req, task))
         # (an already-completed request returns without yielding: one scheduler pass less
         # on the latency path; callers that loop on wait() still yield when they block)
         if self._track_any:
             self._completed.pop(req, None)
         return req.status  # type: ignore[return-value]
+
+    def _aborter(self, req: Request, task: Any) -> Callable[[Any], trio.lowlevel.Abort]:
+        """The abort hook of a parked wait: forget the task (timeout or cancellation)."""
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            tasks = self._parked.get(req)
+            if tasks is not None and task in tasks:
+                tasks.remove(task)
+                if not tasks:
+                    del self._parked[req]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return abort
 
     # -- peers ---------------------------------------------------------------------------
     def _add_peer(self, sock: socket.socket, address: Any,
@@ -343,7 +380,9 @@ class Endpoint:
         peer.send_room.set()  # a send() waiting for room sees the peer is gone
         self.peers.discard(peer)
         self.stats.peers_lost += 1
-        for other, f in self.engine.peer_lost(peer):
+        released = self.engine.peer_lost(peer)
+        self._take_events()
+        for other, f in released:
             self._emit(other, [f])
         peer.lost_event.set()
         log.info("mxnet: peer %s lost (%s)", peer.address, reason)
@@ -363,6 +402,7 @@ class Endpoint:
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
         engine = self.engine
+        events = self._events
         flush = peer.kick
         unyielded = 0  # payload bytes read since this task last let others run
         while True:
@@ -377,8 +417,6 @@ class Endpoint:
                 unyielded = 0
             peer.rx_frames += 1
             h = unpack_header(hbuf)
-            if h.length > self.config.max_message:
-                raise ProtocolError(f"frame of {h.length} bytes exceeds max_message")
             inbound = engine.receive_header(peer, h)
             if inbound.paused:  # its share of the unexpected queue is full: stop reading it
                 self.stats.pauses += 1
@@ -403,6 +441,8 @@ class Endpoint:
             if inbound.discard:
                 await discard(sock, inbound.discard)
             frames = engine.receive_done(peer)
+            if events.completed or events.room or events.send_room:
+                self._take_events()
             if frames:
                 peer.send(frames)
                 if len(peer.urgent) > 2 * self.config.send_buffer_max:
@@ -455,6 +495,7 @@ class Endpoint:
             sp.copied = 0
         if sp.error is not None:
             self.engine.fail_current(peer, sp.error.errno or 5)
+            self._take_events()
 
     async def _writer(self, peer: Peer) -> None:
         while True:
@@ -465,10 +506,6 @@ class Endpoint:
             peer.blocked = False
 
     async def _keepalive(self, peer: Peer) -> None:
-        from .protocol import OutFrame
-        from .wire import Header, PacketType
-
-        ping = Header(PacketType.PING).pack()
         interval = self.config.keepalive
         seen, last_rx = peer.rx_frames, trio.current_time()
         while True:
@@ -481,7 +518,7 @@ class Endpoint:
             if idle > self.config.peer_timeout:
                 peer.lost_reason = f"silent for {idle:.1f} s (peer_timeout)"
                 raise PeerGone(peer.lost_reason)
-            peer.enqueue([OutFrame(ping)])
+            peer.enqueue([OutFrame(PING)])
             peer.kick()
 
     # -- listening -----------------------------------------------------------------------
@@ -587,17 +624,6 @@ def _recv_now(recv_into: Callable[[memoryview], int], view: memoryview) -> int:
     if k == 0:
         raise PeerGone("connection closed by peer")
     return k
-
-
-def _aborter(req: Request, task: Any) -> Callable[[Any], trio.lowlevel.Abort]:
-    """The abort hook of a parked wait: forget the task (timeout or cancellation)."""
-
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        if req.on_done is not None and task in req.on_done:
-            req.on_done.remove(task)
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    return abort
 
 
 class _deadline:

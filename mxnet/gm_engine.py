@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +40,11 @@ from .config import Config
 from .errors import ProtocolError
 from .gm import ReceivePool, Region, RegistrationTable, SendTokens, size_class
 from .matching import MASK_ALL, Matcher, check_match
-from .protocol import EngineBase, Inbound, OutFrame, Request
+from .protocol import EngineBase, Events, Inbound, OutFrame, Request
 from .segments import FileRange, as_vector, pieces
 from .stats import Statistics
 from .status import Status, StatusCode
-from .wire import Header, PacketType
+from .wire import PONG, Gm, Header, PacketType
 
 CONV = struct.Struct("<QQII")  # match, payload length, kind, sync id
 KIND_DATA, KIND_ACK = 0, 1
@@ -87,10 +87,7 @@ class GMEngine(EngineBase):
         self._token_wait: deque[tuple[Any, OutFrame]] = deque()
         self._holding: dict[int, tuple[Any, OutFrame]] = {}  # frames holding a send token
         self.peers: dict[Hashable, _PeerState] = {}
-        self.on_complete: Callable[[Request], None] | None = None
-        self.on_room: Callable[[], None] | None = None
-        self.on_unexpected: Callable[[Status], None] | None = None
-        self.on_send_room: Callable[[Hashable], None] | None = None
+        self.events = Events()
 
     # -- registration cache --------------------------------------------------------------
     def _region(self, klass: int) -> Region:
@@ -190,7 +187,7 @@ class GMEngine(EngineBase):
         self._admit(st)
         self.stats.count_send(self.config.size_class(length), length)
         klass = size_class(length)
-        frame = OutFrame(Header(PacketType.GM, length, klass, length, flags=RAW).pack(),
+        frame = OutFrame(Gm(length=length, size_class=klass, msg_length=length, flags=RAW).pack(),
                          [view] if length else [], length, req, head=req)
         st.inflight.add(req)
         self._enqueued(st)
@@ -220,7 +217,7 @@ class GMEngine(EngineBase):
         req.short = self._bounce_in(vec, view[CONV.size:])
         self.stats.count_send(self.config.size_class(n), n)
         self.stats.eager_sends += 1
-        frame = OutFrame(Header(PacketType.GM, total, klass, total).pack(), [view], total, req,
+        frame = OutFrame(Gm(length=total, size_class=klass, msg_length=total).pack(), [view], total, req,
                          region=region, head=req)
         st.inflight.add(req)
         self._enqueued(st)
@@ -314,10 +311,12 @@ class GMEngine(EngineBase):
             return Inbound()
         if h.type is not PacketType.GM:
             raise ProtocolError(f"{h.type.name} frame on a gm connection")
-        klass, n = h.a, h.length
+        klass, n = h.size_class, h.length
+        if n > self.config.max_message:  # (mx checks its lengths per type, in its engine)
+            raise ProtocolError(f"frame of {n} bytes exceeds max_message")
         # the class must be the one the length needs: a larger class would make us register
         # a buffer of 2**class bytes for a tiny frame (memory a peer could pile up at will)
-        if klass > self.config.gm_max_size_class or klass != size_class(n) or n != h.b:
+        if klass > self.config.gm_max_size_class or klass != size_class(n) or n != h.msg_length:
             raise ProtocolError(f"bad GM frame: class {klass}, length {n}")
         if h.flags & RAW:
             region = self.user_pool.take(klass)
@@ -342,7 +341,7 @@ class GMEngine(EngineBase):
         h, target = st.current
         st.current = None
         if h.type is PacketType.PING:
-            return [OutFrame(Header(PacketType.PONG).pack())]
+            return [OutFrame(PONG)]
         if h.type is not PacketType.GM:
             return []
         region, raw_req = target
@@ -354,16 +353,16 @@ class GMEngine(EngineBase):
             return []
         match, n, kind, sync_id = CONV.unpack_from(region.view, 0)
         if n != h.length - CONV.size:
-            self._release(region, h.a)
+            self._release(region, h.size_class)
             raise ProtocolError("GM convenience header disagrees with frame length")
         if kind == KIND_ACK:
-            self._release(region, h.a)
+            self._release(region, h.size_class)
             req = st.sync_waiting.pop(sync_id, None)
             if req is not None:
                 req._complete(StatusCode.SUCCESS, req.length, req.length - req.short)
             return []
         self.stats.count_receive(self.config.size_class(n), n)
-        held = _Held(region, h.a, n, sync_id)
+        held = _Held(region, h.size_class, n, sync_id)
         req = self.matcher.arrive(match, peer)
         if req is None and self.on_unexpected is not None:
             self.on_unexpected(Status(StatusCode.SUCCESS, peer, match, n, 0))
@@ -392,6 +391,6 @@ class GMEngine(EngineBase):
         region = self._region(klass)
         view = region.span(0, CONV.size)
         CONV.pack_into(view, 0, 0, 0, KIND_ACK, sync_id)
-        frame = OutFrame(Header(PacketType.GM, CONV.size, klass, CONV.size).pack(), [view],
+        frame = OutFrame(Gm(length=CONV.size, size_class=klass, msg_length=CONV.size).pack(), [view],
                          CONV.size, region=region)
         return self._with_token(peer, frame)

@@ -22,6 +22,11 @@ Bytes in → events out, in two steps per frame:
     unexpected queue is full. Once the shell has filled those pieces it calls
     ``receive_done(peer)``, which completes requests and returns frames to send.
 
+Events out: what a call cannot return goes to ``engine.events`` (completed requests, room
+in the unexpected queue, room in a peer's send queue), which the shell takes after each
+call. The engine never calls the shell and knows nothing of trio; the only calls out are
+the user's: completion callbacks and the unexpected-message handler, both MX semantics.
+
 Size classes (Open-MX): tiny ≤ 32 B, small ≤ 128 B, medium ≤ 32 KiB go EAGER; larger
 messages, and every synchronous send, go by rendezvous:
     sender   RNDV(match, length, send handle)            → receiver
@@ -53,7 +58,7 @@ Flow control (credits)
 
     Send queue: a peer's messages accepted by isend and not yet written to the socket
     (waiting for it or for credits) are counted in ``queued``; isend refuses past
-    ``send_buffer_max`` (QueueFull) and the shell's ``send`` waits (``on_send_room``).
+    ``send_buffer_max`` (QueueFull) and the shell's ``send`` waits (``events.send_room``).
     Engine-made frames (DATA of an accepted send, PULL, NOTIFY, CREDIT, PONG) are not
     counted: each answers something already bounded.
 """
@@ -81,14 +86,10 @@ from .segments import (
 )
 from .stats import Statistics
 from .status import Status, StatusCode
-from .wire import Header, PacketType, pack_header
-
-_PING = Header(PacketType.PING).pack()
-_PONG = Header(PacketType.PONG).pack()
-
+from .wire import PONG, Credit, Data, Header, Notify, PacketType, Pull, pack_eager, pack_rndv
 
 log = logging.getLogger("mxnet")
-_new_status = tuple.__new__
+_new_status = tuple.__new__  # 0.10 vs 0.17 µs per Status, timeit
 _SUCCESS = StatusCode.SUCCESS
 
 
@@ -100,7 +101,7 @@ class Request:
     """One outstanding operation (MX request handle)."""
 
     # fields a request only sometimes needs start as class-level defaults: a send on the
-    # fast path sets seven attributes, not nineteen
+    # fast path sets seven attributes, not nineteen: 0.15 vs 0.20 µs per Request, timeit
     status: Status | None = None
     sync = False
     handle = 0  # rendezvous: this side's handle
@@ -109,7 +110,6 @@ class Request:
     msg_length = 0
     short = 0  # file bytes that were missing on send (zero-filled)
     send_handle = 0
-    on_done: list[Any] | None = None  # tasks parked in wait() (the shell's business)
     callbacks: list[Callable[[Request], Any]] | None = None  # add_done_callback
     _posted: Any = None
 
@@ -117,6 +117,7 @@ class Request:
                  peer: Hashable | None, engine: EngineBase, sync: bool = False) -> None:
         self.kind = kind  # "send" | "recv"
         self.vec = vec
+        # one segment: 0.03 vs 0.06 µs, timeit
         self.length = vec[0].length if len(vec) == 1 else vector_length(vec)
         self.match = match
         self.mask = mask
@@ -133,13 +134,18 @@ class Request:
         return self.status
 
     def cancel(self) -> bool:
-        return self.engine.cancel(self)
+        """Cancel a receive still waiting for its message (mx_cancel). True if cancelled."""
+        shell = self.engine.shell
+        return shell.cancel(self) if shell is not None else self.engine.cancel(self)
 
     async def wait(self, timeout: float | None = None) -> Status:
         """Wait for the request to complete (mx_wait). Raises mxnet.Timeout after ``timeout``
         s; the request stays pending then (cancel it or wait again). The waiting is the
-        shell's (endpoint.py, through ``engine.waiter``): the engine itself never blocks."""
-        return await self.engine.waiter(self, timeout)
+        shell's (endpoint.py, ``engine.shell``): the engine itself never blocks."""
+        shell = self.engine.shell
+        if shell is None:
+            raise RuntimeError("a sans-IO engine has no shell to wait in: test() instead")
+        return await shell.wait(self, timeout)
 
     def add_done_callback(self, fn: Callable[[Request], Any]) -> None:
         """Call ``fn(request)`` once the request completes (MX's completion callbacks), from
@@ -159,9 +165,7 @@ class Request:
         if self.status is not None:
             return
         self.status = _new_status(Status, (code, self.peer, self.match, msg_length, xfer, error))
-        done = self.engine.on_complete
-        if done is not None:
-            done(self)
+        self.engine.events.completed.append(self)
         if self.callbacks is not None:
             self.engine._run_callbacks(self)
 
@@ -233,19 +237,35 @@ class _PeerState:
     owed_bytes: int = 0
 
 
+class Events:
+    """What an engine has to tell its shell beyond what its calls return (frames to
+    transmit, an Inbound that may say *paused*): the requests that completed, that the
+    unexpected queue has room again (a paused reader may ask again), the peers whose full
+    send queue has room. Open-MX's event queue: the engine only appends, never calls the
+    shell; the shell takes the events after each engine call it makes."""
+
+    __slots__ = ("completed", "room", "send_room")
+
+    def __init__(self) -> None:
+        self.completed: list[Request] = []  # in completion order
+        self.room = False  # the unexpected queue shrank
+        self.send_room: list[Hashable] = []  # peers whose send queue fell below send_buffer_max
+
+
 class EngineBase:
     """What the MX and GM engines share: posting a receive (matching it against the
-    unexpected queue first) and cancelling one. Requests tell the shell they completed
-    through ``on_complete``."""
+    unexpected queue first) and cancelling one. Completions and room go to ``events``."""
 
     config: Config
     matcher: Matcher[Any]
     peers: dict[Hashable, Any]
     stats: Statistics
-    on_complete: Callable[[Request], None] | None
-    on_room: Callable[[], None] | None
-    on_send_room: Callable[[Hashable], None] | None = None  # a full send queue has room again
-    waiter: Any = None  # the shell's ``async wait(req, timeout)``: Request.wait awaits it
+    events: Events
+    # the user's unexpected-message handler (mx_register_unexp_handler): called during
+    # matching, before the message is queued, and may post the receive that takes it
+    on_unexpected: Callable[[Status], None] | None = None
+    # the shell that waits and cancels for Request.wait/cancel; the engine never calls it
+    shell: Any = None
 
     # -- the send queue bound (send_buffer_max) ------------------------------------------
     def send_queue_length(self, peer: Hashable) -> int:
@@ -267,8 +287,8 @@ class EngineBase:
         st = self.peers.get(head.peer)
         if st is not None:
             st.queued -= 1
-            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
-                self.on_send_room(head.peer)
+            if st.queued == self.config.send_buffer_max - 1:
+                self.events.send_room.append(head.peer)
 
     def _copy_out(self, req: Request, src: memoryview, msg_length: int) -> None:
         """Complete ``req`` with a message kept here (unexpected queue, gm receive buffer),
@@ -333,8 +353,7 @@ class EngineBase:
 
     def _room(self) -> None:
         self.stats.unexpected_now = self.matcher.unexpected_count()
-        if self.on_room is not None:
-            self.on_room()
+        self.events.room = True
 
 
 class Engine(EngineBase):
@@ -345,10 +364,7 @@ class Engine(EngineBase):
             self.config.unexpected_max_count, self.config.unexpected_max_bytes
         )
         self.peers: dict[Hashable, _PeerState] = {}
-        self.on_complete: Callable[[Request], None] | None = None
-        self.on_room: Callable[[], None] | None = None
-        self.on_unexpected: Callable[[Status], None] | None = None
-        self.on_send_room: Callable[[Hashable], None] | None = None
+        self.events = Events()
         # credits go back in batches of half the window we grant; a byte batch must not
         # exceed what a sender blocked on one more eager message has outstanding
         count, nbytes = self.config.unexpected_max_count, self.config.unexpected_max_bytes
@@ -417,9 +433,10 @@ class Engine(EngineBase):
         if n <= cfg.eager_max and not sync:
             stats.eager_sends += 1
             st.eager_inflight.add(req)
-            hdr = pack_header(PacketType.EAGER, n, match, n)
+            hdr = pack_eager(match, n)
             if len(vec) == 1 and vec[0].frange is None and len(vec[0].views) == 1:
-                body = list(vec[0].views) if n else []  # the common case: one buffer
+                # the common case, one buffer: 0.05 vs 0.24 µs (piece_list + scan)
+                body = list(vec[0].views) if n else []
                 simple = True
             else:
                 body = piece_list(vec, 0, n)
@@ -430,7 +447,7 @@ class Engine(EngineBase):
             stats.rendezvous_sends += 1
             req.handle = self._handle(st)
             st.sends[req.handle] = req
-            frames = [_ctl(pack_header(PacketType.RNDV, 0, match, n, req.handle), req)]
+            frames = [_ctl(pack_rndv(match, n, req.handle), req)]
             cost = 0
         st.queued += 1
         if st.queued > stats.send_queue_high_water:
@@ -441,7 +458,7 @@ class Engine(EngineBase):
                     st.held.append((req, frames, cost))  # no credit: it waits, in order
                     stats.credit_waits += 1
                     return req, []
-            else:  # the usual case, inline
+            else:  # the usual case, inline: 0.06 vs 0.14 µs (_take_credit, timeit)
                 st.credits -= 1
                 st.credit_bytes -= cost
         return req, frames
@@ -484,8 +501,8 @@ class Engine(EngineBase):
         st = self.peers.get(head.peer)
         if st is not None:  # the send leaves the peer's queue
             st.queued -= 1
-            if st.queued == self.config.send_buffer_max - 1 and self.on_send_room is not None:
-                self.on_send_room(head.peer)
+            if st.queued == self.config.send_buffer_max - 1:
+                self.events.send_room.append(head.peer)
             if req is not None:
                 st.eager_inflight.discard(req)
         if req is None:  # RNDV: completes on NOTIFY
@@ -507,23 +524,23 @@ class Engine(EngineBase):
         if t is PacketType.EAGER:
             return self._eager_in(peer, st, h)
         if t is PacketType.DATA:
-            req = st.pulls.get(h.a)
+            req = st.pulls.get(h.recv_handle)
             if req is None:
-                raise ProtocolError(f"DATA for unknown receive handle {h.a}")
-            if h.b != req.received or req.received + h.length > req.want:
+                raise ProtocolError(f"DATA for unknown receive handle {h.recv_handle}")
+            if h.offset != req.received or req.received + h.length > req.want:
                 raise ProtocolError("DATA out of order or beyond what was pulled")
             st.current = (h, req)
-            return Inbound(piece_list(req.vec, h.b, h.length))
+            return Inbound(piece_list(req.vec, h.offset, h.length))
         if h.length:
             raise ProtocolError(f"{t.name} carries no payload")
-        if t is PacketType.RNDV and h.b > self.config.max_message:
-            raise ProtocolError(f"message of {h.b} bytes exceeds max_message")
+        if t is PacketType.RNDV and h.msg_length > self.config.max_message:
+            raise ProtocolError(f"message of {h.msg_length} bytes exceeds max_message")
         target = None
         if t is PacketType.RNDV:
-            target = self.matcher.arrive(h.a, peer)
+            target = self.matcher.arrive(h.match, peer)
             if target is None and self.on_unexpected is not None:
-                self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.a, h.b, 0))
-                target = self.matcher.arrive(h.a, peer)
+                self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.match, h.msg_length, 0))
+                target = self.matcher.arrive(h.match, peer)
             if target is None and not self.matcher.peer_has_room(peer, 0):
                 return Inbound(paused=True)
         st.current = (h, target)
@@ -531,21 +548,21 @@ class Engine(EngineBase):
 
     def _eager_in(self, peer: Hashable, st: _PeerState, h: Header) -> Inbound:
         n = h.length
-        if n > self.config.max_message or n != h.b:
+        if n > self.config.max_message or n != h.msg_length:
             raise ProtocolError(f"bad EAGER length {n}")
-        req = self.matcher.arrive(h.a, peer)
+        req = self.matcher.arrive(h.match, peer)
         if req is None and self.on_unexpected is not None:
-            self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.a, n, 0))
-            req = self.matcher.arrive(h.a, peer)
+            self.on_unexpected(Status(StatusCode.SUCCESS, peer, h.match, n, 0))
+            req = self.matcher.arrive(h.match, peer)
         if req is not None:
-            req.peer, req.match = peer, h.a
+            req.peer, req.match = peer, h.match
             st.current = (h, req)
             take = min(n, req.length)
             return Inbound(piece_list(req.vec, 0, take), n - take)
         if not self.matcher.peer_has_room(peer, n):
             return Inbound(paused=True)
         item = _UnexpectedEager(bytearray(n))
-        self.matcher.add_unexpected(h.a, peer, n, item)
+        self.matcher.add_unexpected(h.match, peer, n, item)
         self.stats.unexpected_high_water = self.matcher.high_water
         st.current = (h, item)
         return Inbound([memoryview(item.buf)] if n else [])
@@ -577,7 +594,8 @@ class Engine(EngineBase):
                 target._complete(code, h.length, take)
                 if st.window is None:
                     return []
-                st.owed += 1  # (_owe, inline: this runs for every message)
+                # _owe, inline (runs for every message): 0.06 vs 0.12 µs, timeit
+                st.owed += 1
                 st.owed_bytes += h.length
                 if (st.owed < self._return_at and st.owed_bytes < self._return_bytes_at
                         and peer not in self.matcher._per_peer):
@@ -596,28 +614,29 @@ class Engine(EngineBase):
             self.stats.count_receive("large", req.want)
             code = StatusCode.TRUNCATED if req.want < req.msg_length else StatusCode.SUCCESS
             req._complete(code, req.msg_length, req.want)
-            return [_ctl(pack_header(PacketType.NOTIFY, 0, req.send_handle, req.want))]
+            return [_ctl(Notify(send_handle=req.send_handle, delivered=req.want).pack())]
         if t is PacketType.RNDV:
             req = target
             if req is None:
-                self.matcher.add_unexpected(h.a, peer, 0, _UnexpectedRndv(h.c, h.b))
+                self.matcher.add_unexpected(h.match, peer, 0,
+                                            _UnexpectedRndv(h.send_handle, h.msg_length))
                 self.stats.unexpected_high_water = self.matcher.high_water
                 return self._owed_now(peer, st)
-            req.peer, req.match = peer, h.a
-            return self._start_pull(peer, req, h.c, h.b) + self._owe(peer, st, 0)
+            req.peer, req.match = peer, h.match
+            return self._start_pull(peer, req, h.send_handle, h.msg_length) + self._owe(peer, st, 0)
         if t is PacketType.PULL:
             return self._pulled(st, h)
         if t is PacketType.NOTIFY:
-            req = st.sends.pop(h.a, None)
+            req = st.sends.pop(h.send_handle, None)
             if req is None:
-                raise ProtocolError(f"NOTIFY for unknown send handle {h.a}")
+                raise ProtocolError(f"NOTIFY for unknown send handle {h.send_handle}")
             code = StatusCode.SHORT_SOURCE if req.short else StatusCode.SUCCESS
-            req._complete(code, req.length, h.b)
+            req._complete(code, req.length, h.delivered)
             return []
         if t is PacketType.CREDIT:
-            return self._credited(st, h.a, h.b)
+            return self._credited(st, h.messages, h.nbytes)
         if t is PacketType.PING:
-            return [_ctl(_PONG)]
+            return [_ctl(PONG)]
         if t in (PacketType.PONG, PacketType.BYE):
             return []
         raise ProtocolError(f"unexpected {t.name} frame on an mx connection")
@@ -666,7 +685,7 @@ class Engine(EngineBase):
         return []
 
     def _credit(self, st: _PeerState) -> list[OutFrame]:
-        frame = _ctl(pack_header(PacketType.CREDIT, 0, st.owed, st.owed_bytes))
+        frame = _ctl(Credit(messages=st.owed, nbytes=st.owed_bytes).pack())
         st.owed = st.owed_bytes = 0
         return [frame]
 
@@ -678,7 +697,7 @@ class Engine(EngineBase):
         req.want = min(msg_length, req.length)
         req.send_handle = send_handle
         req.handle = self._handle(st)
-        pull = _ctl(pack_header(PacketType.PULL, 0, req.handle, send_handle, req.want))
+        pull = _ctl(Pull(recv_handle=req.handle, send_handle=send_handle, want=req.want).pack())
         if req.want == 0:
             self.stats.count_receive("large" if msg_length > self.config.eager_max else "tiny", 0)
             code = StatusCode.TRUNCATED if msg_length else StatusCode.SUCCESS
@@ -688,21 +707,21 @@ class Engine(EngineBase):
         return [pull]
 
     def _pulled(self, st: _PeerState, h: Header) -> list[OutFrame]:
-        req = st.sends.get(h.b)
+        req = st.sends.get(h.send_handle)
         if req is None:
-            raise ProtocolError(f"PULL for unknown send handle {h.b}")
-        want = h.c
+            raise ProtocolError(f"PULL for unknown send handle {h.send_handle}")
+        want = h.want
         if want > req.length:
             raise ProtocolError("PULL asks for more than the message holds")
         if want == 0:
-            del st.sends[h.b]
+            del st.sends[h.send_handle]
             req._complete(StatusCode.SUCCESS, req.length, 0)
             return []
         frames = []
         chunk = self.config.data_chunk
         for off in range(0, want, chunk):
             k = min(chunk, want - off)
-            hdr = Header(PacketType.DATA, k, h.a, off).pack()
+            hdr = Data(length=k, recv_handle=h.recv_handle, offset=off).pack()
             body = piece_list(req.vec, off, k)
             frames.append(OutFrame(hdr, body, k, req, bulk=True,
                                    simple=not any(type(p) is FileRange for p in body)))

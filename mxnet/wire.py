@@ -1,25 +1,31 @@
 """Wire formats: every packet mxnet puts on a socket. Data only, no logic.
 
 After the handshake a connection carries frames. A frame is a fixed 32-byte header,
-followed by ``length`` payload bytes for the packet types that carry data:
+followed by ``length`` payload bytes for the packet kinds that carry data:
 
     offset size field
     0      1    type     (PacketType)
     1      1    flags
     2      2    reserved (zero)
     4      4    length   payload bytes that follow the header
-    8      8    a        match info (EAGER, RNDV, GM) or a handle (PULL, DATA, NOTIFY)
-    16     8    b        second field, by type
-    24     8    c        third field, by type
+    8      8    word 1   \
+    16     8    word 2    } what they mean depends on the kind: one named type per kind below
+    24     8    word 3   /
 
-    EAGER   a=match  b=msg_length (== length)
-    RNDV    a=match  b=msg_length   c=sender handle
-    PULL    a=receiver handle  b=sender handle  c=bytes wanted (<= msg_length)
-    DATA    a=receiver handle  b=offset in message  (payload: length bytes)
-    NOTIFY  a=sender handle    b=bytes delivered
-    CREDIT  a=messages b=bytes  credits handed back to the sender (mx flow control)
+    kind    word 1           word 2             word 3
+    EAGER   match            msg_length (== length; payload: the message)
+    RNDV    match            msg_length         send_handle
+    PULL    recv_handle      send_handle        want (<= msg_length)
+    DATA    recv_handle      offset in message  (payload: length bytes)
+    NOTIFY  send_handle      delivered
+    CREDIT  messages         nbytes   credits handed back to the sender (mx flow control)
+    GM      size_class       msg_length (payload: length bytes; GM has no match info)
     PING / PONG / BYE  no fields
-    GM      a=size class b=msg_length (payload: length bytes; GM has no match info)
+
+A word a kind does not use is sent as zero and ignored on receipt (``spare`` fields, kept
+so that a header unpacks and packs back to the same bytes). As in Open-MX's omx_wire.h,
+each kind is its own type (Eager, Rndv, …), all with the same layout: ``type`` and
+``length`` first, ``flags`` last, so ``h.type``/``h.length``/``h.flags`` read any of them.
 
 The handshake (before any frame):
     client → HELLO      magic "MXNT", version, transport, client nonce
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 from .errors import ProtocolError
 
@@ -44,8 +50,9 @@ VERSION = 2  # 2: WINDOW in the handshake, CREDIT frames
 NONCE_LEN = 16
 MAC_LEN = 32
 
-HEADER = struct.Struct("<BBHIQQQ")
+HEADER = struct.Struct("<BBHIQQQ")  # type, flags, reserved, length, word 1, word 2, word 3
 HEADER_LEN = HEADER.size  # 32
+_pack = HEADER.pack
 
 
 class PacketType(enum.IntEnum):
@@ -64,46 +71,113 @@ class PacketType(enum.IntEnum):
 CARRIES_PAYLOAD = frozenset({PacketType.EAGER, PacketType.DATA, PacketType.GM})
 
 
-class Header(NamedTuple):
-    type: PacketType
-    length: int = 0
-    a: int = 0
-    b: int = 0
-    c: int = 0
-    flags: int = 0
+# ---- one type per packet kind (omx_wire.h's structs) ----------------------------------------
+class _Frame(tuple):
+    """What every kind shares: its fields are (type, length, word 1, word 2, word 3, flags)."""
+
+    __slots__ = ()
 
     def pack(self) -> bytes:
-        return HEADER.pack(self.type, self.flags, 0, self.length, self.a, self.b, self.c)
+        return _pack(self[0], self[5], 0, self[1], self[2], self[3], self[4])
+
+
+def _fields(name: str, ptype: PacketType, words: str) -> type:
+    return namedtuple(name, f"type length {words} flags", defaults=(ptype, 0, 0, 0, 0, 0))
+
+
+class Eager(_Frame, _fields("Eager", PacketType.EAGER, "match msg_length spare")):
+    """A whole message, up to eager_max bytes, as payload (msg_length == length)."""
+
+    __slots__ = ()
+
+
+class Rndv(_Frame, _fields("Rndv", PacketType.RNDV, "match msg_length send_handle")):
+    """A large (or synchronous) message announced: the receiver pulls it."""
+
+    __slots__ = ()
+
+
+class Pull(_Frame, _fields("Pull", PacketType.PULL, "recv_handle send_handle want")):
+    """The receiver asks for ``want`` bytes of the announced message."""
+
+    __slots__ = ()
+
+
+class Data(_Frame, _fields("Data", PacketType.DATA, "recv_handle offset spare")):
+    """A chunk of a pulled message: ``length`` bytes at ``offset``."""
+
+    __slots__ = ()
+
+
+class Notify(_Frame, _fields("Notify", PacketType.NOTIFY, "send_handle delivered spare")):
+    """The receiver has the ``delivered`` bytes it pulled: the send completes."""
+
+    __slots__ = ()
+
+
+class Credit(_Frame, _fields("Credit", PacketType.CREDIT, "messages nbytes spare")):
+    """Credits handed back to the sender (mx flow control)."""
+
+    __slots__ = ()
+
+
+class Gm(_Frame, _fields("Gm", PacketType.GM, "size_class msg_length spare")):
+    """A whole GM message in one frame of its size class (flags: RAW or convenience)."""
+
+    __slots__ = ()
+
+
+class Control(_Frame, _fields("Control", PacketType.PING, "spare1 spare2 spare3")):
+    """PING, PONG or BYE (``type`` says which): no fields, no payload."""
+
+    __slots__ = ()
+
+
+Header = Eager | Rndv | Pull | Data | Notify | Credit | Gm | Control
+KINDS: dict[PacketType, type] = {
+    PacketType.EAGER: Eager, PacketType.RNDV: Rndv, PacketType.PULL: Pull,
+    PacketType.DATA: Data, PacketType.NOTIFY: Notify, PacketType.CREDIT: Credit,
+    PacketType.GM: Gm, PacketType.PING: Control, PacketType.PONG: Control,
+    PacketType.BYE: Control,
+}
+PING = Control(PacketType.PING).pack()
+PONG = Control(PacketType.PONG).pack()
 
 
 class FrameError(ProtocolError, ValueError):
     """A header that is not a valid frame."""
 
 
-_TYPES = {int(t): t for t in PacketType}
+_KINDS = {int(t): (t, k) for t, k in KINDS.items()}
 _unpack = HEADER.unpack
-_new_header = tuple.__new__
+_new_header = tuple.__new__  # 0.15 vs 0.22 µs per header (Eager(...)), timeit
 
 
 def unpack_header(buf: bytes | bytearray | memoryview) -> Header:
+    """The header at the front of ``buf``, as its kind's type."""
     try:
-        typ, flags, reserved, length, a, b, c = _unpack(buf)
+        typ, flags, reserved, length, w1, w2, w3 = _unpack(buf)
     except struct.error as e:
         raise FrameError(f"short header: {e}") from None
-    ptype = _TYPES.get(typ)
-    if ptype is None:
+    kind = _KINDS.get(typ)
+    if kind is None:
         raise FrameError(f"unknown packet type {typ}")
     if reserved:
         raise FrameError("reserved header bits set")
+    ptype, cls = kind
     if length and ptype not in CARRIES_PAYLOAD:
         raise FrameError(f"{ptype.name} carries no payload but says length={length}")
-    return _new_header(Header, (ptype, length, a, b, c, flags))
+    return _new_header(cls, (ptype, length, w1, w2, w3, flags))
 
 
-def pack_header(ptype: int, length: int = 0, a: int = 0, b: int = 0, c: int = 0,
-                flags: int = 0) -> bytes:
-    """Pack a header without building a Header first (the send fast path)."""
-    return HEADER.pack(ptype, flags, 0, length, a, b, c)
+# ---- the send path's packers: the header bytes without building a header first -------------
+# 0.07 vs 0.43 µs per header (Eager(length=…, match=…, msg_length=…).pack()), timeit
+def pack_eager(match: int, length: int) -> bytes:
+    return _pack(1, 0, 0, length, match, length, 0)
+
+
+def pack_rndv(match: int, msg_length: int, send_handle: int) -> bytes:
+    return _pack(2, 0, 0, 0, match, msg_length, send_handle)
 
 
 # ---- handshake ---------------------------------------------------------------------------

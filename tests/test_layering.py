@@ -1,7 +1,8 @@
 """The import graph has the transport at the bottom, the shared protocol above it, and client
-and server side by side on top: mxnet imports none of fsproto, mxfs, server; fsproto imports
-only mxnet, the standard library, msgpack and xxhash; server imports no client module and the
-client no server module. Read from the source (AST), every import statement anywhere in a
+and server side by side on top: mxnet imports none of fsproto, mxfs, server, and only its trio
+shell (endpoint, peer, sockio, handshake) imports trio; fsproto imports only mxnet, the
+standard library, msgpack and xxhash; server imports no client module and the client no
+server module. Read from the source (AST), every import statement anywhere in a
 module, so a lazy import inside a function counts too."""
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ ALLOWED: dict[str, set[str] | None] = {
     "mxnet": {"trio"},
     "fsproto": {"mxnet", "msgpack", "xxhash"},
 }
+# inside mxnet, only the trio shell may import trio: the engines (protocol, gm_engine),
+# the wire formats and the handshake's decisions are sans-IO
+TRIO_SHELL = {"mxnet/endpoint.py", "mxnet/peer.py", "mxnet/sockio.py", "mxnet/handshake.py"}
 # package -> our packages it must not import (any other package is allowed)
 FORBIDDEN = {
     "mxnet": {"fsproto", "mxfs", "server"},
@@ -52,6 +56,9 @@ def problems(package: str) -> list[str]:
             where = f"{path.relative_to(ROOT)}:{line} imports {top}"
             if top in FORBIDDEN.get(package, ()):
                 out.append(where)
+            if (package == "mxnet" and top == "trio"
+                    and path.relative_to(ROOT).as_posix() not in TRIO_SHELL):
+                out.append(f"{where} (only the trio shell may: {', '.join(sorted(TRIO_SHELL))})")
             allowed = ALLOWED.get(package)
             if (allowed is not None and top != package and top not in allowed
                     and top not in sys.stdlib_module_names):
@@ -66,14 +73,26 @@ def test_imports_follow_the_layers(package: str) -> None:
     assert problems(package) == []
 
 
+def probe(package: str, source: str) -> list[str]:
+    """Where the check finds problems in *package* with a module of *source* added to it."""
+    mod = ROOT / package / "_layering_probe.py"
+    mod.write_text(source)
+    try:
+        found = problems(package)
+    finally:
+        mod.unlink()
+    return [p.split(" ")[0] for p in found]
+
+
 def test_the_check_sees_a_forbidden_import() -> None:
     """The walk finds a forbidden import at the top and one inside a function, and takes a
     relative import for one of the package's own."""
-    mod = ROOT / "server" / "_layering_probe.py"
-    mod.write_text("import mxfs.rpc\nfrom . import ops\n\n\ndef f():\n    from mxfs import fs\n")
-    try:
-        found = problems("server")
-    finally:
-        mod.unlink()
-    assert [p.split(" ")[0] for p in found] == ["server/_layering_probe.py:1",
-                                                "server/_layering_probe.py:6"]
+    found = probe("server", "import mxfs.rpc\nfrom . import ops\n\n\ndef f():\n"
+                            "    from mxfs import fs\n")
+    assert found == ["server/_layering_probe.py:1", "server/_layering_probe.py:6"]
+
+
+def test_the_check_sees_trio_in_the_sans_io_engine() -> None:
+    """A module of mxnet outside the trio shell that imports trio (even lazily) breaks the
+    sans-IO rule; the shell's own modules may."""
+    assert probe("mxnet", "def f():\n    import trio\n") == ["mxnet/_layering_probe.py:2"]

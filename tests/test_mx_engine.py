@@ -13,7 +13,7 @@ import mxnet
 from mxnet import MASK_ALL, Config, MatchError, StatusCode
 from mxnet.errors import ProtocolError
 from mxnet.protocol import Engine
-from mxnet.wire import Header, PacketType
+from mxnet.wire import Control, Data, Eager, Gm, Notify, PacketType, Pull, Rndv
 
 
 def types(link: Link) -> list[str]:
@@ -109,7 +109,7 @@ def test_unexpected_eager_taken_while_arriving():
     link = Link()
     link.isend("A", b"0123456789", 5)
     (src, f), = link.queue
-    inbound = link.b.receive_header("A", Header(PacketType.EAGER, 10, 5, 10))
+    inbound = link.b.receive_header("A", Eager(length=10, match=5, msg_length=10))
     buf = bytearray(10)
     rx = link.irecv("B", buf, 5)
     assert not rx.done
@@ -120,7 +120,7 @@ def test_unexpected_eager_taken_while_arriving():
 
 def test_peer_lost_while_unexpected_eager_taken_mid_arrival():
     link = Link()
-    link.b.receive_header("A", Header(PacketType.EAGER, 10, 5, 10))
+    link.b.receive_header("A", Eager(length=10, match=5, msg_length=10))
     rx = link.irecv("B", bytearray(10), 5)
     link.b.peer_lost("A")
     assert rx.done and rx.status.code is StatusCode.PEER_LOST
@@ -267,7 +267,7 @@ def test_short_source():
 def test_fail_current_local_error():
     link = Link()
     rx = link.irecv("B", bytearray(4), 1)
-    link.b.receive_header("A", Header(PacketType.EAGER, 4, 1, 4))
+    link.b.receive_header("A", Eager(length=4, match=1, msg_length=4))
     link.b.fail_current("A", 28)
     link.b.receive_done("A")
     assert rx.status.code is StatusCode.LOCAL_ERROR and rx.status.error == 28
@@ -296,16 +296,15 @@ def test_unexpected_handler_may_post():
 
 
 def test_unexpected_queue_full_pauses():
-    rooms = []
     link = Link(Engine(), Engine(Config(unexpected_max_count=2, unexpected_max_bytes=100)))
-    link.b.on_room = lambda: rooms.append(1)
     for i in range(3):
         link.isend("A", bytes([i]) * 10, i)
     assert link.pump() == 2  # the third waits for room
-    assert link.b.receive_header("A", Header(PacketType.EAGER, 10, 2, 10)).paused
+    assert link.b.receive_header("A", Eager(length=10, match=2, msg_length=10)).paused
     buf = bytearray(10)
+    link.b.events.room = False
     rx = link.irecv("B", buf, 0)
-    assert rx.status.ok and buf == b"\0" * 10 and rooms
+    assert rx.status.ok and buf == b"\0" * 10 and link.b.events.room  # the engine says: room
     assert link.pump() == 1
     assert link.b.probe(2, MASK_ALL) is not None
     # a rendezvous announcement needs room too (it costs a queue slot, no bytes)
@@ -321,7 +320,7 @@ def test_ping_pong():
     link.send("A", [link.a.isend("B", b"", 0)[1][0]])
     from mxnet.protocol import OutFrame
 
-    link.send("A", [OutFrame(Header(PacketType.PING).pack())])
+    link.send("A", [OutFrame(Control(PacketType.PING).pack())])
     link.pump()
     assert types(link)[-2:] == ["PING", "PONG"]
 
@@ -364,15 +363,15 @@ def pulling_link():
 
 
 @pytest.mark.parametrize("make", [
-    lambda e: feed(e, Header(PacketType.DATA, 10, 99, 0)),  # unknown receive handle
-    lambda e: feed(e, Header(PacketType.PULL, 0, 1, 99, 10)),  # unknown send handle
-    lambda e: feed(e, Header(PacketType.NOTIFY, 0, 99, 10)),  # unknown send handle
-    lambda e: feed(e, Header(PacketType.EAGER, 10, 1, 11)),  # length != msg_length
-    lambda e: feed(e, Header(PacketType.EAGER, 2000, 1, 2000)),  # > max_message
-    lambda e: feed(e, Header(PacketType.RNDV, 0, 1, 2000, 1)),  # > max_message
-    lambda e: feed(e, Header(PacketType.RNDV, 5, 1, 5, 1)),  # payload on RNDV
-    lambda e: feed(e, Header(PacketType.GM, 0, 5, 0)),  # a GM frame on mx
-    lambda e: feed(e, Header(PacketType.PING), peer="stranger"),  # unknown peer
+    lambda e: feed(e, Data(length=10, recv_handle=99, offset=0)),  # unknown receive handle
+    lambda e: feed(e, Pull(recv_handle=1, send_handle=99, want=10)),  # unknown send handle
+    lambda e: feed(e, Notify(send_handle=99, delivered=10)),  # unknown send handle
+    lambda e: feed(e, Eager(length=10, match=1, msg_length=11)),  # length != msg_length
+    lambda e: feed(e, Eager(length=2000, match=1, msg_length=2000)),  # > max_message
+    lambda e: feed(e, Rndv(match=1, msg_length=2000, send_handle=1)),  # > max_message
+    lambda e: feed(e, Rndv(length=5, match=1, msg_length=5, send_handle=1)),  # payload on RNDV
+    lambda e: feed(e, Gm(length=0, size_class=5, msg_length=0)),  # a GM frame on mx
+    lambda e: feed(e, Control(PacketType.PING), peer="stranger"),  # unknown peer
 ])
 def test_protocol_errors(make):
     e = Engine(Config(max_message=1000))
@@ -386,23 +385,23 @@ def test_pull_too_large():
     link.isend("A", bytes(40_000), 1)
     link.pump()  # RNDV unexpected at B, send handle 1
     with pytest.raises(ProtocolError, match="more than"):
-        feed(link.a, Header(PacketType.PULL, 0, 1, 1, 40_001), peer="B")
+        feed(link.a, Pull(recv_handle=1, send_handle=1, want=40_001), peer="B")
 
 
 def test_data_out_of_order_and_beyond_pull():
     link = pulling_link()
     with pytest.raises(ProtocolError):
-        feed(link.b, Header(PacketType.DATA, 1000, 1, 1000))  # offset 1000 before 0
+        feed(link.b, Data(length=1000, recv_handle=1, offset=1000))  # offset 1000 before 0
     link = pulling_link()
     with pytest.raises(ProtocolError):
-        feed(link.b, Header(PacketType.DATA, 40_001, 1, 0))  # more than was pulled
+        feed(link.b, Data(length=40_001, recv_handle=1, offset=0))  # more than was pulled
 
 
 def test_data_after_completion_is_an_error():
     link = pulling_link()
     link.pump()
     with pytest.raises(ProtocolError):
-        feed(link.b, Header(PacketType.DATA, 10, 1, 40_000))
+        feed(link.b, Data(length=10, recv_handle=1, offset=40_000))
 
 
 # -- property: random traffic in both directions ---------------------------------------------

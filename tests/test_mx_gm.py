@@ -12,7 +12,7 @@ from mxnet.errors import MxError, ProtocolError
 from mxnet.gm import ReceivePool, RegistrationTable, SendTokens, size_class
 from mxnet.gm_engine import GMEngine
 from mxnet.stats import Statistics
-from mxnet.wire import Header, PacketType
+from mxnet.wire import Gm, Rndv
 
 T = 30
 
@@ -89,12 +89,12 @@ def test_gm_engine_in_memory():
 
 
 @pytest.mark.parametrize("h", [
-    Header(PacketType.RNDV, 0, 1, 10, 1),  # no rendezvous on gm
-    Header(PacketType.GM, 24, 28, 24),  # class above gm_max_size_class
-    Header(PacketType.GM, 24, 27, 24),  # class far too big for the length
-    Header(PacketType.GM, 100, 5, 100),  # length does not fit the class
-    Header(PacketType.GM, 24, 5, 25),  # length != msg_length
-    Header(PacketType.GM, 10, 5, 10),  # shorter than the convenience header
+    Rndv(match=1, msg_length=10, send_handle=1),  # no rendezvous on gm
+    Gm(length=24, size_class=28, msg_length=24),  # class above gm_max_size_class
+    Gm(length=24, size_class=27, msg_length=24),  # class far too big for the length
+    Gm(length=100, size_class=5, msg_length=100),  # length does not fit the class
+    Gm(length=24, size_class=5, msg_length=25),  # length != msg_length
+    Gm(length=10, size_class=5, msg_length=10),  # shorter than the convenience header
 ])
 def test_gm_engine_protocol_errors(h):
     e = GMEngine()

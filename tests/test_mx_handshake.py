@@ -171,7 +171,7 @@ async def test_raw_peer_answering_pings_stays():
                     n = sock.recv_into(hbuf)
                     assert n == wire.HEADER_LEN  # TCP_NODELAY, tiny frames: whole headers
                     assert wire.unpack_header(hbuf).type is wire.PacketType.PING
-                    await send_all(sock, wire.Header(wire.PacketType.PONG).pack())
+                    await send_all(sock, wire.Control(wire.PacketType.PONG).pack())
                     pongs += 1
             assert not peer.lost
         finally:
