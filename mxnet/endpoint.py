@@ -71,17 +71,17 @@ class Endpoint:
         if transport == "gm":
             from .gm_engine import GMEngine
 
-            self.engine: Any = GMEngine(config, self.stats)
+            self._engine: Any = GMEngine(config, self.stats)
         else:
-            self.engine = Engine(config, self.stats)
-        self.engine.shell = self  # Request.wait and Request.cancel come here
-        self._events = self.engine.events
+            self._engine = Engine(config, self.stats)
+        self._engine.shell = self  # Request.wait and Request.cancel come here
+        self._events = self._engine.events
         self._parked: dict[Request, list[Any]] = {}  # tasks waiting in wait(), by request
         self._window = (config.unexpected_max_count, config.unexpected_max_bytes)
         self._nursery = nursery
         self._listeners: list[socket.socket] = []
         self.address: tuple[str, int] = ("", 0)
-        self.peers: set[Peer] = set()
+        self._peers: set[Peer] = set()
         self._completed: OrderedDict[Request, None] = OrderedDict()
         self._any_event = trio.Event()
         self._event_waiters = 0  # tasks in probe()/wait_any(): only then is _any_event set
@@ -93,6 +93,11 @@ class Endpoint:
         self.closed = False
 
     # -- public API ----------------------------------------------------------------------
+    @property
+    def peers(self) -> frozenset[Peer]:
+        """The peers connected now (a snapshot)."""
+        return frozenset(self._peers)
+
     def on_peer_lost(self, callback: Callable[[Peer], None]) -> None:
         self._lost_callbacks.append(callback)
 
@@ -102,7 +107,7 @@ class Endpoint:
     def set_unexpected_handler(self, handler: Callable[[Status], None] | None) -> None:
         """Called (like mx_register_unexp_handler) when a message arrives that no posted
         receive matches, before it is queued; the handler may post a receive for it."""
-        self.engine.on_unexpected = handler
+        self._engine.on_unexpected = handler
 
     async def connect(self, host: str, port: int, timeout: float = 10.0) -> Peer:
         try:
@@ -131,7 +136,7 @@ class Endpoint:
         """isend (issend with ``sync``) that first waits for room in the peer's send queue:
         the backpressure of ``send_buffer_max``. Returns the request, which completes as
         isend's does."""
-        engine = self.engine
+        engine = self._engine
         while not peer.lost and engine.send_queue_length(peer) >= self.config.send_buffer_max:
             if peer.send_room.is_set():
                 peer.send_room = trio.Event()
@@ -140,7 +145,7 @@ class Endpoint:
 
     def send_queue_length(self, peer: Peer) -> int:
         """Messages to ``peer`` accepted by isend and not yet on the wire."""
-        return self.engine.send_queue_length(peer)
+        return self._engine.send_queue_length(peer)
 
     def issend(self, peer: Peer, segments: Any, match: int) -> Request:
         """Synchronous send: completes only once a receive has matched and taken it."""
@@ -148,14 +153,14 @@ class Endpoint:
 
     def irecv(self, segments: Any, match: int = 0, mask: int = MASK_ALL, *,
               peer: Peer | None = None) -> Request:
-        req, frames = self.engine.irecv(segments, match, mask, peer)
+        req, frames = self._engine.irecv(segments, match, mask, peer)
         self._take_events()
         self._emit(req.peer, frames)
         return req
 
     def iprobe(self, match: int = 0, mask: int = 0, *, peer: Peer | None = None) -> Status | None:
         """Is a message waiting in the unexpected queue that a receive (match, mask) would take?"""
-        return self.engine.probe(match, mask, peer)
+        return self._engine.probe(match, mask, peer)
 
     async def probe(self, match: int = 0, mask: int = 0, *, peer: Peer | None = None,
                     timeout: float | None = None) -> Status:
@@ -192,8 +197,8 @@ class Endpoint:
 
     def statistics(self) -> Statistics:
         """The endpoint's counters as of now (a snapshot: read it again to see more)."""
-        self.stats.peers_connected = len(self.peers)
-        self.stats.unexpected_now = self.engine.matcher.unexpected_count()
+        self.stats.peers_connected = len(self._peers)
+        self.stats.unexpected_now = self._engine.matcher.unexpected_count()
         return self.stats.snapshot()
 
     async def disconnect(self, peer: Peer) -> None:
@@ -203,7 +208,7 @@ class Endpoint:
     def _gm(self) -> Any:
         if self.transport != "gm":
             raise MxError("the raw GM API exists only on transport='gm' endpoints")
-        return self.engine
+        return self._engine
 
     def register(self, buffer: Any) -> Any:
         """GM: pin and register memory (mlock + registration table). Returns a Region."""
@@ -229,11 +234,11 @@ class Endpoint:
     # -- the engine side -----------------------------------------------------------------
     def _send(self, peer: Peer, segments: Any, match: int, sync: bool) -> Request:
         if peer.lost:
-            req = Request("send", (), match, MASK_ALL, peer, self.engine, sync)
+            req = Request("send", (), match, MASK_ALL, peer, self._engine, sync)
             req._complete(StatusCode.PEER_LOST, 0, 0)
             self._take_events()
             return req
-        req, frames = self.engine.isend(peer, segments, match, sync)
+        req, frames = self._engine.isend(peer, segments, match, sync)
         self._emit(peer, frames)
         return req
 
@@ -244,7 +249,7 @@ class Endpoint:
     def _frame_sent(self, frame: Any, short: int) -> None:
         """A frame is on the wire: tell the engine, send what that lets go (gm: a frame that
         waited for the send token this one held)."""
-        released = self.engine.frame_sent(frame, short)
+        released = self._engine.frame_sent(frame, short)
         self._take_events()
         for peer, f in released:
             self._emit(peer, [f])
@@ -278,7 +283,7 @@ class Endpoint:
 
     def cancel(self, req: Request) -> bool:
         """Request.cancel: the engine cancels, the shell wakes whoever waits for it."""
-        cancelled = self.engine.cancel(req)
+        cancelled = self._engine.cancel(req)
         self._take_events()
         return cancelled
 
@@ -332,9 +337,9 @@ class Endpoint:
             raise ConnectError("endpoint is closed")
         peer = Peer(sock, address, self.stats)
         peer.on_sent = self._frame_sent
-        self.engine.add_peer(peer, window)
-        self.peers.add(peer)
-        self.stats.peers_connected = len(self.peers)
+        self._engine.add_peer(peer, window)
+        self._peers.add(peer)
+        self.stats.peers_connected = len(self._peers)
         self._nursery.start_soon(self._run_peer, peer)
         return peer
 
@@ -348,7 +353,7 @@ class Endpoint:
                     n.start_soon(self._guard, peer, self._reader)
         finally:  # also when the whole endpoint is being cancelled
             self._lose(peer, peer.lost_reason or "closed")
-            peer.sock.close()  # only now: no task of this peer waits on the socket any more
+            peer._sock.close()  # only now: no task of this peer waits on the socket any more
             if peer.splicer is not None:
                 peer.splicer.close()
 
@@ -375,12 +380,12 @@ class Endpoint:
         if peer.cancel_scope is not None:
             peer.cancel_scope.cancel()
         else:  # never started: nothing waits on the socket
-            peer.sock.close()
+            peer._sock.close()
         peer.drop_queues()
         peer.send_room.set()  # a send() waiting for room sees the peer is gone
-        self.peers.discard(peer)
+        self._peers.discard(peer)
         self.stats.peers_lost += 1
-        released = self.engine.peer_lost(peer)
+        released = self._engine.peer_lost(peer)
         self._take_events()
         for other, f in released:
             self._emit(other, [f])
@@ -397,11 +402,11 @@ class Endpoint:
         once: each one restarts or completes a bulk transfer on the other side. (Holding
         them until the socket ran dry let a streaming sender's window drain while its
         NOTIFYs waited behind the data: 0.6 sleeps per 1 MiB message, now 0.2.)"""
-        sock = peer.sock
+        sock = peer._sock
         recv_into = sock.recv_into
         hbuf = bytearray(HEADER_LEN)
         hview = memoryview(hbuf)
-        engine = self.engine
+        engine = self._engine
         events = self._events
         flush = peer.kick
         unyielded = 0  # payload bytes read since this task last let others run
@@ -445,7 +450,7 @@ class Endpoint:
                 self._take_events()
             if frames:
                 peer.send(frames)
-                if len(peer.urgent) > 2 * self.config.send_buffer_max:
+                if peer.backlog() > 2 * self.config.send_buffer_max:
                     await self._wait_backlog(peer, flush)
             if self._event_waiters and engine.matcher._unexpected:  # wake probe() callers
                 self._any_event.set()
@@ -459,10 +464,10 @@ class Endpoint:
         we send: stop reading it until the answers have drained to send_buffer_max, so a
         peer that never reads cannot grow our queue (TCP then holds it back)."""
         self.stats.pauses += 1
-        while len(peer.urgent) > self.config.send_buffer_max and not peer.lost:
+        while peer.backlog() > self.config.send_buffer_max and not peer.lost:
             flush()
             await trio.sleep(0.002)
-            _check_alive(peer.sock)
+            _check_alive(peer._sock)
 
     async def _receive_pieces(self, peer: Peer, ps: list[Any], flush: Callable[[], None]
                               ) -> None:
@@ -471,14 +476,14 @@ class Endpoint:
         for piece in ps:
             if isinstance(piece, FileRange):
                 if run:
-                    await recv_vector_into(peer.sock, run, flush)
+                    await recv_vector_into(peer._sock, run, flush)
                     run = []
                 flush()
                 await self._splice(peer, piece)
             elif piece.nbytes:
                 run.append(piece)
         if run:
-            await recv_vector_into(peer.sock, run, flush)
+            await recv_vector_into(peer._sock, run, flush)
 
     async def _splice(self, peer: Peer, fr: FileRange) -> None:
         if peer.splicer is None:
@@ -486,7 +491,7 @@ class Endpoint:
         sp = peer.splicer
         sp.error = None
         before = sp.calls
-        await sp.into_file(peer.sock, fr)
+        await sp.into_file(peer._sock, fr)
         peer.rx_frames += 1
         self.stats.splice_calls += sp.calls - before
         if sp.copied:
@@ -494,15 +499,15 @@ class Endpoint:
             self.stats.payload_copies += 1
             sp.copied = 0
         if sp.error is not None:
-            self.engine.fail_current(peer, sp.error.errno or 5)
+            self._engine.fail_current(peer, sp.error.errno or 5)
             self._take_events()
 
     async def _writer(self, peer: Peer) -> None:
         while True:
             await peer.wake_writer.wait()
             peer.wake_writer = trio.Event()
-            while not peer.pump():
-                await trio.lowlevel.wait_writable(peer.sock)
+            while not peer._pump():
+                await trio.lowlevel.wait_writable(peer._sock)
             peer.blocked = False
 
     async def _keepalive(self, peer: Peer) -> None:
@@ -586,7 +591,7 @@ class Endpoint:
         """Drop every peer (their requests complete with PEER_LOST) and stop accepting.
         Sockets are closed by their tasks as they exit."""
         self.closed = True
-        for peer in list(self.peers):
+        for peer in list(self._peers):
             self._lose(peer, "endpoint closed")
 
 

@@ -3,12 +3,12 @@
 How this works
 --------------
 Frames wait in two queues: ``urgent`` (control and eager frames, in send order) and
-``bulk`` (rendezvous DATA chunks). ``pump()`` writes as much as the socket takes without
+``bulk`` (rendezvous DATA chunks). ``_pump()`` writes as much as the socket takes without
 blocking, always preferring urgent frames, so a 64 MiB transfer lets a small message
 through between two chunks. Consecutive in-memory frames go out together in one
 ``sendmsg`` (up to IOV_MAX pieces); file pieces go out with ``os.sendfile``. When the
-socket is full, ``pump()`` returns False and the writer task waits for writability.
-isend calls ``pump()`` directly, so on an idle connection the message is on the wire
+socket is full, ``_pump()`` returns False and the writer task waits for writability.
+isend calls ``_pump()`` directly, so on an idle connection the message is on the wire
 before isend returns.
 """
 
@@ -30,16 +30,18 @@ _ZEROS = memoryview(bytes(1 << 16))
 
 
 class Peer:
-    """A connected peer. Compare peers by identity; ``lost`` tells whether it is gone."""
+    """A connected peer: what users pass to isend/irecv and find in a Status. Compare peers
+    by identity; users read ``address``, ``lost`` and ``lost_reason``; the rest (the socket,
+    the queues, pumping them) belongs to the endpoint."""
 
     def __init__(self, sock: socket.socket, address: Any, stats: Statistics) -> None:
-        self.sock = sock
+        self._sock = sock
         self.address = address
         self.stats = stats
         self.lost = False
         self.lost_reason = ""
-        self.urgent: deque[Any] = deque()
-        self.bulk: deque[Any] = deque()
+        self._urgent: deque[Any] = deque()
+        self._bulk: deque[Any] = deque()
         self._cur: Any = None  # frame being written
         self._parts: list[Any] = []  # remaining pieces of _cur (memoryview / FileRange)
         self._short = 0
@@ -53,22 +55,26 @@ class Peer:
         self.lost_event = trio.Event()
         self.send_room = trio.Event()  # set when a full send queue to this peer has room
 
+    def backlog(self) -> int:
+        """Frames waiting in the urgent queue (the endpoint's backpressure looks at it)."""
+        return len(self._urgent)
+
     def __repr__(self) -> str:
         return f"<Peer {self.address}{' lost' if self.lost else ''}>"
 
     def enqueue(self, frames: list[Any]) -> None:
         for f in frames:
-            (self.bulk if f.bulk else self.urgent).append(f)
+            (self._bulk if f.bulk else self._urgent).append(f)
 
     def send(self, frames: list[Any]) -> None:
         """Queue frames and write what the socket takes now. Fast path: one in-memory frame
         on an idle connection goes out with one sendmsg, never touching the queues (2.4 vs
         3.3 µs per frame, sendmsg included, against enqueue + kick; timeit)."""
-        if len(frames) == 1 and self._cur is None and not self.urgent and not self.bulk \
+        if len(frames) == 1 and self._cur is None and not self._urgent and not self._bulk \
                 and not self.blocked and not self.lost and frames[0].simple:
             f = frames[0]
             try:
-                n = self.sock.sendmsg([f.header, *f.pieces])
+                n = self._sock.sendmsg([f.header, *f.pieces])
             except OSError:
                 n = -1  # EAGAIN, or an error pump() will meet on the normal path
             if n >= 0:
@@ -89,12 +95,12 @@ class Peer:
         """Try to write now; wake the writer task if the socket could not take it all."""
         if self.lost or self.blocked:
             return
-        if not self.pump():
+        if not self._pump():
             self.blocked = True
             self.wake_writer.set()
 
     def _next(self) -> bool:
-        q = self.urgent if self.urgent else self.bulk
+        q = self._urgent if self._urgent else self._bulk
         if not q:
             return False
         f = q.popleft()
@@ -103,9 +109,9 @@ class Peer:
         self._short = 0
         return True
 
-    def pump(self) -> bool:
+    def _pump(self) -> bool:
         """Write without blocking. True when every queued frame is on the wire."""
-        sock = self.sock
+        sock = self._sock
         while True:
             if self._cur is None and not self._next():
                 return True
@@ -131,7 +137,7 @@ class Peer:
             if isinstance(p, FileRange) or len(iov) >= IOV_MAX:
                 return iov
             iov.append(p)
-        for f in self.urgent:  # coalesce queued small frames into the same sendmsg
+        for f in self._urgent:  # coalesce queued small frames into the same sendmsg
             if len(iov) + 1 + len(f.pieces) > IOV_MAX or any(
                 isinstance(p, FileRange) for p in f.pieces
             ):
@@ -163,14 +169,14 @@ class Peer:
             parts.pop(0)
             return True
         try:
-            n = os.sendfile(self.sock.fileno(), fr.fd, fr.offset, fr.length)
+            n = os.sendfile(self._sock.fileno(), fr.fd, fr.offset, fr.length)
         except BlockingIOError:
             return False
         self.stats.sendfile_calls += 1
         if n == 0:  # the file is shorter than promised: zero-fill to keep the stream framed
             k = min(fr.length, _ZEROS.nbytes)
             try:
-                n = self.sock.send(_ZEROS[:k])
+                n = self._sock.send(_ZEROS[:k])
             except BlockingIOError:
                 return False
             self._short += n
@@ -191,6 +197,6 @@ class Peer:
             self.on_sent(f, short)
 
     def drop_queues(self) -> None:
-        self.urgent.clear()
-        self.bulk.clear()
+        self._urgent.clear()
+        self._bulk.clear()
         self._cur, self._parts = None, []

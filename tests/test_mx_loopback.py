@@ -384,7 +384,7 @@ async def test_endpoint_close_is_seen_by_remote(transport):
                 await rx.wait()  # the server's peer tasks are running now
             s2c = rx.status.source
             pending = client.irecv(bytearray(1), 2, peer=peer)
-        assert s2c.sock.fileno() == -1, "the closed endpoint still holds the peer socket"
+        assert s2c._sock.fileno() == -1, "the closed endpoint still holds the peer socket"
         with trio.fail_after(5):  # far below peer_timeout: the FIN must be noticed
             assert (await pending.wait()).code is StatusCode.PEER_LOST
 
