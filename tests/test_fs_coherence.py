@@ -120,3 +120,41 @@ def test_a_promise_is_never_trusted_after_a_reconnect(tmp_path):
         while stat.S_IMODE(os.stat(b.mnt / "f").st_mode) != 0o640:
             assert time.monotonic() < deadline, "b trusted a promise of the old server run"
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_two_clients_racing_on_the_same_names(tmp_path, transport):
+    """Both clients create the same 100 names with O_EXCL at once, in a directory one of them
+    made (so it "knows" every name in it until the other's first create breaks that): each
+    name is created exactly once, and afterwards both see the same listing and contents."""
+    import threading
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        (a.mnt / "race").mkdir()
+        os.listdir(b.mnt / "race")
+        won: dict[str, list[str]] = {"a": [], "b": []}
+
+        def creator(who: str, mnt) -> None:
+            for i in range(100):
+                try:
+                    fd = os.open(mnt / "race" / f"n{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                                 0o644)
+                except FileExistsError:
+                    continue
+                os.write(fd, who.encode())
+                os.close(fd)
+                won[who].append(f"n{i}")
+
+        threads = [threading.Thread(target=creator, args=(w, m.mnt))
+                   for w, m in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(won["a"] + won["b"]) == sorted(f"n{i}" for i in range(100))
+        assert not set(won["a"]) & set(won["b"])
+        for m in (a, b):
+            assert sorted(os.listdir(m.mnt / "race")) == sorted(f"n{i}" for i in range(100))
+        for who in ("a", "b"):
+            for name in won[who]:
+                assert (a.mnt / "race" / name).read_text() == who
+                assert (b.mnt / "race" / name).read_text() == who
