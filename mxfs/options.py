@@ -36,7 +36,7 @@ class MountOptions:
     debug: bool = False
     checksum: bool = False  # xxh3-64 of every READ and WRITE payload, checked where it lands
     lease_timeout: float = 10.0  # cache lifetime while the server keeps callbacks (0: off)
-    cache_max: float = 65536  # attributes, and names, the client keeps in memory (each)
+    cache_max: int = 65536  # attributes, and names, the client keeps in memory (each)
 
     @property
     def server(self) -> str:
@@ -60,20 +60,23 @@ class MountOptions:
 # (timeout: below 0.1 s every request would time out and the watchdog would spin)
 NUMERIC_MINIMUM = {"timeout": 0.1, "attr_timeout": 0.0, "entry_timeout": 0.0,
                    "lease_timeout": 0.0, "cache_max": 0.0}
+COUNTS = frozenset({"cache_max"})  # whole numbers of items, not seconds
 
 
 def parse_number(name: str, value: str) -> float:
     """The value of numeric option *name*: a finite number, at least its minimum."""
+    unit = "" if name in COUNTS else " seconds"
     try:
-        v = float(value)
+        v = float(value) if unit else int(value)
     except ValueError:
-        raise OptionError(f"option {name} wants a number, not {value!r}") from None
+        want = "a number" if unit else "a whole number"
+        raise OptionError(f"option {name} wants {want}, not {value!r}") from None
     if not math.isfinite(v):
         raise OptionError(f"option {name} must be a finite number of seconds, not {value!r}")
     low = NUMERIC_MINIMUM[name]
     if v < low:
         what = "0 or more" if low == 0 else f"at least {low:g}"
-        raise OptionError(f"option {name} must be {what} seconds, not {value!r}")
+        raise OptionError(f"option {name} must be {what}{unit}, not {value!r}")
     return v
 
 

@@ -111,6 +111,8 @@ BAD_NUMBERS = [
     ("timeout", "0"), ("timeout", "1e-9"), ("timeout", "soon"), ("timeout", ""),
     ("attr_timeout", "nan"), ("attr_timeout", "inf"), ("attr_timeout", "-1"),
     ("entry_timeout", "nan"), ("entry_timeout", "Infinity"), ("entry_timeout", "-0.5"),
+    ("lease_timeout", "nan"), ("lease_timeout", "inf"), ("lease_timeout", "-1"),
+    ("cache_max", "-1"), ("cache_max", "1.5"), ("cache_max", "inf"), ("cache_max", "many"),
 ]
 
 
@@ -126,6 +128,10 @@ def test_parse_accepts_good_numbers() -> None:
     assert all(math.isfinite(v) for v in (mo.timeout, mo.attr_timeout, mo.entry_timeout))
     with pytest.raises(OptionError, match="timeout=SECONDS"):
         parse_options("h:1", "/m", ["timeout"])
+    mo = parse_options("h:1", "/m", ["lease_timeout=0,cache_max=100"])
+    assert (mo.lease_timeout, mo.cache_max) == (0.0, 100)
+    with pytest.raises(OptionError, match="cache_max must be 0 or more, not"):
+        parse_options("h:1", "/m", ["cache_max=-1"])  # (a count, not seconds)
 
 
 @needs_fuse
