@@ -225,8 +225,11 @@ class MxfsOperations(pyfuse3.Operations):
         ino = self.inodes.lookup(parent, name, stat_key(st) if fh is None else fh,
                                  1 if stat.S_ISDIR(st[St.MODE]) else st[St.NLINK], fh)
         pkey = self.leases.key(parent)
-        if pkey is not None and self._trusted(gen):
-            self.leases.put_entry(pkey, name, (key_of(st), fh), self.leases.generation)
+        if pkey is not None:  # (an answer that crossed a BREAK must not leave an old entry)
+            if self._trusted(gen):
+                self.leases.put_entry(pkey, name, (key_of(st), fh), self.leases.generation)
+            else:
+                self.leases.forget_entry(pkey, name)
         return self._entry(ino, st, gen)
 
     def _forget_after(self, parent: int, name: bytes) -> None:
@@ -370,7 +373,6 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
                                           cred=self._cred(ctx))
         self.attrs.changed(parent_inode, pst)
-        self._name_changed(parent_inode, name, (key_of(st), fh))
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -378,7 +380,6 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
                                           cred=self._cred(ctx))
         self.attrs.changed(parent_inode, pst)
-        self._name_changed(parent_inode, name, (key_of(st), fh))
         if self._trusted():  # new, so empty: a name in it is absent until we make it
             self.leases.made_dir(st, self.leases.generation)
         return self._learn(parent_inode, name, st, fh)
@@ -389,7 +390,6 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
                                           cred=self._cred(ctx))
         self.attrs.changed(parent_inode, pst)
-        self._name_changed(parent_inode, name, (key_of(st), fh))
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -399,7 +399,6 @@ class MxfsOperations(pyfuse3.Operations):
                                           self._child(new_parent_inode, new_name),
                                           cred=self._cred(ctx))
         self.attrs.changed(new_parent_inode, pst)
-        self._name_changed(new_parent_inode, new_name, (key_of(st), fh))
         return self._learn(new_parent_inode, new_name, st, fh)
 
     @_guard
@@ -487,7 +486,6 @@ class MxfsOperations(pyfuse3.Operations):
         hid, st, pst, created, fh = await self.rpc.call(
             Op.CREATE, self._child(parent_inode, name), flags, mode, cred=cred)
         self.attrs.changed(parent_inode, pst)
-        self._name_changed(parent_inode, name, (key_of(st), fh))
         entry = self._learn(parent_inode, name, st, fh)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self.no_cap.remember(entry.st_ino)

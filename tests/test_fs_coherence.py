@@ -158,3 +158,38 @@ def test_two_clients_racing_on_the_same_names(tmp_path, transport):
             for name in won[who]:
                 assert (a.mnt / "race" / name).read_text() == who
                 assert (b.mnt / "race" / name).read_text() == who
+
+
+def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
+    """A local process on the server breaks no promise: what the client cached (attributes,
+    a name it knows is absent, even in a directory it made) expires after lease_timeout."""
+    with cluster(tmp_path, "mx", clients=1, extra="lease_timeout=1") as (server, (a,)):
+        (a.mnt / "d").mkdir()  # made here: every name in it is known absent
+        (a.mnt / "f").write_text("x")
+        assert stat.S_IMODE(os.stat(a.mnt / "f").st_mode) == 0o644
+        assert not (a.mnt / "d" / "local").exists()
+        os.chmod(server.export / "f", 0o600)
+        (server.export / "d" / "local").write_text("made on the server")
+        deadline = time.monotonic() + 10
+        while (stat.S_IMODE(os.stat(a.mnt / "f").st_mode) != 0o600
+               or not (a.mnt / "d" / "local").exists()):
+            assert time.monotonic() < deadline, "a cached copy outlived lease_timeout"
+            time.sleep(0.1)
+        assert (a.mnt / "d" / "local").read_text() == "made on the server"
+
+
+def test_the_client_cache_stays_within_cache_max(tmp_path):
+    """cache_max bounds what the client keeps, however many objects it has seen; answers
+    beyond it come from the server, still right."""
+    with cluster(tmp_path, "mx", clients=1, extra="cache_max=100") as (server, (a,)):
+        d = a.mnt / "many"
+        d.mkdir()
+        for i in range(600):
+            (d / f"f{i}").write_text(str(i))
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        for i in range(600):
+            assert os.stat(d / f"f{i}").st_size == len(str(i))
+        cache = a.stats()["cache"]
+        assert cache["attrs"] <= 100 and cache["entries"] <= 100
+        assert cache["misses"] > 0  # (those beyond the bound were asked for again)
