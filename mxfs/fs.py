@@ -83,6 +83,7 @@ _ENTRY_FIELDS = [(int(i), STAT_FIELDS[i]) for i in St if i >= St.MODE]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+_NOT_KNOWN = (False, None, None, 0.0)  # Leases.lookup's answer for a name not cached
 _UNKNOWN = object()  # _name_changed: what the name names now is not known here
 # the callback generation when the kernel request being handled began (leases.py: an answer
 # is trusted, cached and given a long timeout only if no BREAK came since)
@@ -172,12 +173,12 @@ class MxfsOperations(pyfuse3.Operations):
         if key is not None:
             self.leases.forget(key)
 
-    def _negative(self) -> EntryAttributes:
+    def _negative(self, left: float | None = None) -> EntryAttributes:
         """A name known not to exist: the kernel keeps that (a negative entry) while the
-        server's promise on the directory holds."""
+        server's promise on the directory holds (*left* seconds, for an answer from memory)."""
         e = EntryAttributes()
         e.st_ino = 0
-        e.entry_timeout = self.leases.timeout
+        e.entry_timeout = self.leases.timeout if left is None else left
         return e
 
     def _name_changed(self, parent: int, name: bytes, value: Any = _UNKNOWN) -> None:
@@ -201,13 +202,18 @@ class MxfsOperations(pyfuse3.Operations):
         return key, node.fh
 
     # -- translation ---------------------------------------------------------------------------
-    def _entry(self, ino: int, st: StatTuple, gen: int | None = None) -> EntryAttributes:
+    def _entry(self, ino: int, st: StatTuple, gen: int | None = None,
+               left: float | None = None) -> EntryAttributes:
+        """The kernel's answer for *st*; *left*: it came from memory, its promise has that many
+        seconds left (nothing is cached anew: an answer from memory renews no promise)."""
         self.attrs.take(ino)  # what the kernel is told now supersedes older post-op ones
         e = EntryAttributes()
         e.st_ino = ino
         e.generation = 0
         self.leases.know(ino, st)
-        if self._trusted(gen):
+        if left is not None:
+            e.entry_timeout = e.attr_timeout = left
+        elif self._trusted(gen):
             self.leases.put_attrs(st, self.leases.generation)
             e.entry_timeout = e.attr_timeout = self.leases.timeout
         else:
@@ -220,17 +226,19 @@ class MxfsOperations(pyfuse3.Operations):
         return e
 
     def _learn(self, parent: int, name: bytes, st: StatTuple, fh: Any = None,
-               gen: int | None = None) -> EntryAttributes:
+               gen: int | None = None, left: float | None = None) -> EntryAttributes:
+        """Count the kernel's lookup of *name* (naming *st*, handle *fh*) and answer it;
+        *left* as for _entry (an answer from memory: the cache already holds it)."""
         # a directory's st_nlink counts its subdirectories, not names: it has only one
         ino = self.inodes.lookup(parent, name, stat_key(st) if fh is None else fh,
                                  1 if stat.S_ISDIR(st[St.MODE]) else st[St.NLINK], fh)
-        pkey = self.leases.key(parent)
+        pkey = self.leases.key(parent) if left is None else None
         if pkey is not None:  # (an answer that crossed a BREAK must not leave an old entry)
             if self._trusted(gen):
                 self.leases.put_entry(pkey, name, (key_of(st), fh), self.leases.generation)
             else:
                 self.leases.forget_entry(pkey, name)
-        return self._entry(ino, st, gen)
+        return self._entry(ino, st, gen, left)
 
     def _forget_after(self, parent: int, name: bytes) -> None:
         """Drop the remembered post-op attributes of what *name* names: they are old now."""
@@ -283,12 +291,13 @@ class MxfsOperations(pyfuse3.Operations):
             return self._entry(target, st)
         ref = self._child(parent_inode, name)
         pkey = self.leases.key(parent_inode)
-        known, value = self.leases.entry(pkey, name) if pkey is not None else (False, None)
-        if known and value is ABSENT:  # answered from memory: the server promised to tell
-            return self._negative()  # us of any change
-        cached = self.leases.attrs(value[0]) if known else None
-        if cached is not None:
-            st, fh = cached, value[1]
+        # known: answered from memory (the server promised to tell us of any change)
+        known, value, st, left = (self.leases.lookup(pkey, name) if pkey is not None
+                                  else _NOT_KNOWN)
+        if known and value is ABSENT:
+            return self._negative(left)
+        if known:
+            entry = self._learn(parent_inode, name, st, value[1], left=left)
         else:
             try:
                 st, fh = await self.rpc.call(Op.LOOKUP, ref, cred=cred)
@@ -297,7 +306,7 @@ class MxfsOperations(pyfuse3.Operations):
                     self.leases.put_entry(pkey, name, ABSENT, self.leases.generation)
                     return self._negative()
                 raise
-        entry = self._learn(parent_inode, name, st, fh)
+            entry = self._learn(parent_inode, name, st, fh)
         if self.files.pending(entry.st_ino):  # its size must include what we hold
             await self.writer.settle_inode(entry.st_ino)
             entry = self._entry(entry.st_ino, await self.rpc.call(
@@ -319,9 +328,9 @@ class MxfsOperations(pyfuse3.Operations):
             return self._entry(inode, after)
         self.inodes.get(inode)  # (one the table forgot: ESTALE)
         key = self.leases.key(inode)
-        cached = self.leases.attrs(key) if key is not None else None
+        cached = self.leases.cached_attrs(key) if key is not None else None
         if cached is not None and not self.files.pending(inode):
-            return self._entry(inode, cached)
+            return self._entry(inode, cached[0], left=cached[1])
         f = self.files.one_of(inode, self.rpc.epoch)
         if f is not None and f.epoch == self.rpc.epoch:
             try:

@@ -141,32 +141,52 @@ class Leases:
 
     # -- what we answer ------------------------------------------------------------------------
     def attrs(self, key: Key) -> StatTuple | None:
+        got = self.cached_attrs(key)
+        return None if got is None else got[0]
+
+    def cached_attrs(self, key: Key) -> tuple[StatTuple, float] | None:
+        """The attributes of *key* and the seconds left of the promise they rest on (what the
+        kernel may be told to keep them: an answer from memory renews nothing)."""
         if not self.enabled:
             return None
         got = self._attrs.get(key)
-        if got is None or got[1] <= self._clock():
+        now = self._clock()
+        if got is None or got[1] <= now:
             self.misses += 1
             return None
         self.hits += 1
-        return got[0]
+        return got[0], got[1] - now
 
     def entry(self, dir_key: Key, name: bytes) -> tuple[bool, tuple[Key, Any] | None]:
         """(known, value): value is (key, handle), or ABSENT for a name known not to exist."""
+        known, value, _, _ = self.lookup(dir_key, name)
+        return known, value
+
+    def lookup(self, dir_key: Key, name: bytes) -> tuple[bool, Any, StatTuple | None, float]:
+        """(known, value, attributes, seconds left) for *name* in *dir_key*: value as entry()
+        gives it, the attributes of what it names (None for ABSENT), and how long the kernel
+        may keep the answer: what is left of the shortest promise it rests on."""
         if not self.enabled:
-            return False, None
-        k = (dir_key, name)
+            return False, None, None, 0.0
         now = self._clock()
-        got = self._entries.get(k)
+        got = self._entries.get((dir_key, name))
         if got is not None:
             value, until = got
-            if until > now and (value is None or self._attrs.get(value[0], (0, 0))[1] > now):
+            if until > now:
+                if value is None:
+                    self.hits += 1
+                    return True, ABSENT, None, until - now
+                attrs = self._attrs.get(value[0])
+                if attrs is not None and attrs[1] > now:
+                    self.hits += 1
+                    return True, value, attrs[0], min(until, attrs[1]) - now
+        else:
+            until = self._complete.get(dir_key, 0.0)
+            if until > now:
                 self.hits += 1
-                return True, value
-        elif self._complete.get(dir_key, 0) > now:
-            self.hits += 1
-            return True, ABSENT
+                return True, ABSENT, None, until - now
         self.misses += 1
-        return False, None
+        return False, None, None, 0.0
 
     # -- what we drop --------------------------------------------------------------------------
     def forget(self, key: Key) -> None:

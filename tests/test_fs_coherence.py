@@ -178,6 +178,40 @@ def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
         assert (a.mnt / "d" / "local").read_text() == "made on the server"
 
 
+def test_looking_again_and_again_does_not_stretch_lease_timeout(tmp_path):
+    """An answer from memory renews no promise: a client asked again and again (the kernel's
+    own copies dropped before each look, so every one is answered from the client's memory)
+    still sees a change made on the server's disk within lease_timeout of it (attributes,
+    and a name known absent)."""
+    lease = 2.0
+
+    def forget_kernel_copies() -> None:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+
+    with cluster(tmp_path, "mx", clients=1, extra=f"lease_timeout={lease:g}") as (server, (a,)):
+        (a.mnt / "f").write_text("x")
+        assert not (a.mnt / "new").exists()
+        for _ in range(10):  # ~1 s of answers from memory before the change
+            forget_kernel_copies()
+            os.stat(a.mnt / "f")
+            assert not (a.mnt / "new").exists()
+            time.sleep(0.1)
+        os.chmod(server.export / "f", 0o600)
+        (server.export / "new").write_text("made on the server")
+        changed = time.monotonic()
+        seen: dict[str, float] = {}
+        while len(seen) < 2 and time.monotonic() - changed < 3 * lease:
+            forget_kernel_copies()
+            if "mode" not in seen and stat.S_IMODE(os.stat(a.mnt / "f").st_mode) == 0o600:
+                seen["mode"] = time.monotonic() - changed
+            if "name" not in seen and (a.mnt / "new").exists():
+                seen["name"] = time.monotonic() - changed
+            time.sleep(0.1)
+        assert seen.keys() == {"mode", "name"}, f"never seen: {seen}"
+        assert max(seen.values()) < lease + 0.5, seen
+
+
 def test_the_client_cache_stays_within_cache_max(tmp_path):
     """cache_max bounds what the client keeps, however many objects it has seen; answers
     beyond it come from the server, still right."""

@@ -117,3 +117,22 @@ def test_everything_expires_after_the_timeout():
     assert le.attrs((7, 20)) is None
     assert le.entry((7, 10), b"f") == (False, None)
     assert le.entry((7, 30), b"x") == (False, None)
+
+
+def test_an_answer_from_memory_carries_what_is_left_of_its_promise():
+    now = [100.0]
+    le = active(timeout=10, clock=lambda: now[0])
+    g = le.generation
+    le.put_entry((7, 10), b"f", ((7, 20), None), g)
+    now[0] = 103.0
+    le.put_attrs(st(20), g)  # (a later answer about the object itself)
+    le.put_entry((7, 10), b"gone", ABSENT, g)
+    now[0] = 104.0
+    assert le.lookup((7, 10), b"f") == (True, ((7, 20), None), st(20), 6.0)  # the older one
+    assert le.lookup((7, 10), b"gone") == (True, ABSENT, None, 9.0)
+    assert le.cached_attrs((7, 20)) == (st(20), 9.0)
+    now[0] = 110.5  # the entry's promise ran out; the attributes' has not
+    assert le.lookup((7, 10), b"f") == (False, None, None, 0.0)
+    assert le.cached_attrs((7, 20)) == (st(20), 2.5)
+    le.made_dir(st(30), g)
+    assert le.lookup((7, 30), b"x") == (True, ABSENT, None, 10.0)
