@@ -24,7 +24,9 @@ def cached(fd: int, off: int, n: int) -> bool:
     """Are the first and last pages of [off, off+n) in the page cache? (never blocks)"""
     if n <= 0:
         return True
-    for pos in (off, off + n - 1):
+    last = off + n - 1
+    # (one probe when the range is on one page, as a 4 KiB read is: a syscall less per read)
+    for pos in (off,) if off // PAGE == last // PAGE else (off, last):
         try:
             os.preadv(fd, [_probe], pos, os.RWF_NOWAIT)
         except BlockingIOError:
