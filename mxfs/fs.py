@@ -79,7 +79,11 @@ log = logging.getLogger("mxfs")
 CAPABILITY = b"security.capability"
 NOW_WINDOW_NS = 500_000_000  # pyfuse3 turns utimensat's UTIME_NOW into its clock's "now"
 # what EntryAttributes takes from a stat tuple (st_dev and st_ino stay ours: the inode number)
-_ENTRY_FIELDS = [(int(i), STAT_FIELDS[i]) for i in St if i >= St.MODE]
+# what _entry copies from a stat tuple, in wire order (it assigns them in one statement:
+# 0.24 µs against 0.55 µs for a setattr loop, per answer)
+_ENTRY_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blocks",
+                 "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+assert STAT_FIELDS[St.MODE:St.CTIME_NS + 1] == _ENTRY_FIELDS, "fs._entry's field order is out of date"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -219,8 +223,8 @@ class MxfsOperations(pyfuse3.Operations):
         else:
             e.entry_timeout = self.opts.entry_timeout
             e.attr_timeout = self.opts.attr_timeout
-        for i, name in _ENTRY_FIELDS:
-            setattr(e, name, st[i])
+        (e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size, e.st_blocks,
+         e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns) = st[St.MODE:St.CTIME_NS + 1]
         if ino in self.inodes:
             self.inodes.note_attrs(ino, st[St.SIZE], st[St.MTIME_NS])
         return e
@@ -278,20 +282,11 @@ class MxfsOperations(pyfuse3.Operations):
     # -- metadata ------------------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> EntryAttributes:
-        cred = self._cred(ctx)
-        if name == b".":
-            st = await self.rpc.call(Op.GETATTR, self._ref(parent_inode), cred=cred)
-            self.inodes.get(parent_inode).nlookup += 1
-            return self._entry(parent_inode, st)
-        if name == b"..":
-            node = self.inodes.get(parent_inode)
-            target = node.parent if node.parent else ROOT_INODE
-            st = await self.rpc.call(Op.GETATTR, self._ref(target), cred=cred)
-            self.inodes.get(target).nlookup += 1
-            return self._entry(target, st)
-        ref = self._child(parent_inode, name)
+        if name == b"." or name == b"..":
+            return await self._lookup_dots(parent_inode, name, self._cred(ctx))
         pkey = self.leases.key(parent_inode)
-        # known: answered from memory (the server promised to tell us of any change)
+        # known: answered from memory (the server promised to tell us of any change); only
+        # a name that passed _child is ever cached, so it needs no check here
         known, value, st, left = (self.leases.lookup(pkey, name) if pkey is not None
                                   else _NOT_KNOWN)
         if known and value is ABSENT:
@@ -299,8 +294,9 @@ class MxfsOperations(pyfuse3.Operations):
         if known:
             entry = self._learn(parent_inode, name, st, value[1], left=left)
         else:
+            ref = self._child(parent_inode, name)
             try:
-                st, fh = await self.rpc.call(Op.LOOKUP, ref, cred=cred)
+                st, fh = await self.rpc.call(Op.LOOKUP, ref, cred=self._cred(ctx))
             except RpcError as e:
                 if e.errno == errno.ENOENT and pkey is not None and self._trusted():
                     self.leases.put_entry(pkey, name, ABSENT, self.leases.generation)
@@ -310,8 +306,18 @@ class MxfsOperations(pyfuse3.Operations):
         if self.files.pending(entry.st_ino):  # its size must include what we hold
             await self.writer.settle_inode(entry.st_ino)
             entry = self._entry(entry.st_ino, await self.rpc.call(
-                Op.GETATTR, self._ref(entry.st_ino), cred=cred))
+                Op.GETATTR, self._ref(entry.st_ino), cred=self._cred(ctx)))
         return entry
+
+    async def _lookup_dots(self, parent_inode: int, name: bytes, cred: Cred | None
+                           ) -> EntryAttributes:
+        target = parent_inode
+        if name == b"..":
+            node = self.inodes.get(parent_inode)
+            target = node.parent if node.parent else ROOT_INODE
+        st = await self.rpc.call(Op.GETATTR, self._ref(target), cred=cred)
+        self.inodes.get(target).nlookup += 1
+        return self._entry(target, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
