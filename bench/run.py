@@ -1,27 +1,31 @@
 """`python -m bench` (make bench): every peer, identical workloads, interleaved rounds, a report.
 
     python -m bench [--quick] [--rounds N] [--peers a,b] [--out bench/results] [--keep]
+                    [--workdir /var/tmp] [--backing image|dir] [--image-size 48G]
 
-Theory of operation: install what is missing; run the mxnet transport benchmark; start every
-peer's servers and mount it (a peer that cannot start ends the run with an error, it is never
-left out); write the read workloads' files; then for each round run each workload on every
-peer in turn (peer order shuffled each round, seeded by the run id); before every measurement `sync` (so no peer's
-fsync pays for another's dirty data), and before every cold read also `drop_caches` and a
-remount of the measured client (so no peer reads under the page cache others filled). Each measurement is appended to results.jsonl as soon as
-it is taken. At the end (also on error or Ctrl-C) every mount is unmounted and every process the
-harness started is stopped by PID; then the report (median and min–max over rounds), the plots
-and the PASS/MISS lines for the targets are written and printed.
+Theory of operation: install what is missing; make the backing store that holds every peer's data
+(a fresh journaled ext4 on a loop device, bench/disk.py: this VM's root ext4 has no journal, which
+makes creates after deletions ~20-40x slower); run the mxnet transport benchmark; start every
+peer's servers and mount it (a peer that cannot start ends the run with an error, it is never left
+out); write the read workloads' files; then for each round run each workload on every peer in turn
+(peer order shuffled each round, seeded by the run id); before every measurement `sync` (so no
+peer's fsync pays for another's dirty data), and before every cold read also `drop_caches` and a
+remount of the measured client (so no peer reads under the page cache others filled). Each
+measurement is appended to results.jsonl as soon as it is taken. At the end (also on error or
+Ctrl-C) every mount is unmounted and every process the harness started is stopped by PID, then the
+backing store is unmounted and deleted; then the report (median and min–max over rounds), the
+plots and the PASS/MISS lines for the targets are written and printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import deps, procs, report, workloads
+from . import deps, disk, procs, report, workloads
 from .peers import Mxfs, Peer, make_peers
 from .procs import BenchError
 from .tree import make_tarball
@@ -132,8 +136,18 @@ def main(argv: list[str] | None = None) -> int:
                     "says so)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--workdir", default="/var/tmp",
-                    help="where peers keep their data (same disk for every peer)")
-    ap.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+                    help="where the backing store is made (the image file, or the plain "
+                    "directory with --backing dir)")
+    ap.add_argument("--backing", choices=("image", "dir"), default="image",
+                    help="image (default): every peer's data on a journaled ext4 made on a "
+                    "sparse image file in --workdir, attached with losetup (falls back to dir "
+                    "if that cannot be set up); dir: a plain directory in --workdir (on an "
+                    "ext4 without a journal creates are distorted: bench/NOTEBOOK.md)")
+    ap.add_argument("--image-size", type=disk.parse_size, default="48G",
+                    help="size of the sparse image (default 48G; only what is written uses "
+                    "space: a full run writes ~26 GB)")
+    ap.add_argument("--keep", action="store_true", help="keep the data afterwards (with "
+                    "--backing image: the image stays mounted; the log says how to remove it)")
     ap.add_argument("--skip-mxnet", action="store_true", help="do not run python -m bench.transport")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -160,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = loadavg()
     busy_start = busy_processes({os.getpid()})
 
-    work = Path(tempfile.mkdtemp(prefix="mxfs-bench-", dir=args.workdir))
+    store = contextlib.ExitStack()  # closed last in the finally below: after every peer is down
+    work: Path | None = None
+    backing = ""
     peers: list[Peer] = []
     rec = Recorder(out / "results.jsonl", run_id)
     failure: str | None = None
@@ -169,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     env: dict[str, str] = {}
     started = time.monotonic()
     try:
+        root, backing = store.enter_context(disk.backing_store(
+            Path(args.workdir), args.image_size, say, image=args.backing == "image",
+            keep=args.keep))
+        work = Path(tempfile.mkdtemp(prefix="mxfs-bench-", dir=root))
         if not args.skip_mxnet:
             mxnet_md = run_mxnet(cfg, out / "mxnet")
         tarball = work / "tree.tar"
@@ -254,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
             left = procs.running()
             if left:
                 say(f"  WARNING: still running: {left}")
-            if not args.keep:
-                shutil.rmtree(work, ignore_errors=True)
-            else:
+            if work is not None and args.keep:
                 say(f"  kept {work}")
+            # then the data: unmount, detach and delete the image (or remove the plain
+            # directory), unless --keep; never before the peers are down (the brick, the
+            # exports and the mount points are in it)
+            store.close()
     elapsed = time.monotonic() - started
     if failure:
         print(f"\nbench: FAILED: {failure}", file=sys.stderr)
@@ -271,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": run_id, "mode": mode, "rounds": cfg.rounds, "elapsed_s": round(elapsed),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "load_start": load_start, "load_end": loadavg(), "busy_start": busy_start,
-        "busy_end": busy_processes({os.getpid()}), "peers": env, "config": {
+        "busy_end": busy_processes({os.getpid()}), "backing": backing, "peers": env,
+        "config": {
             "seq_size": human(cfg.seq_size), "rand_size": human(cfg.rand_size),
             "rand_runtime_s": cfg.rand_runtime,
             "sizes": [f"{human(s)}x{n}" for s, n in cfg.sizes], "readers": cfg.readers,
@@ -317,11 +340,15 @@ def render(header, agg, peers, tgt, mxnet_md, stats, pngs, out: Path) -> str:
     L += [f"Machine: `{h['host']}`, Linux {h['kernel']}, {h['cpus']} CPUs. "
           f"{h['rounds']} rounds, peers interleaved (order shuffled each round); "
           f"cells are **median (min–max)** over rounds. Wall time {h['elapsed_s'] // 60} min.",
-          "",
+          ""]
+    if h.get("backing"):
+        L += [f"Every peer's data lives on: {h['backing']}.", ""]
+    L += [
           f"Load average at start {h['load_start']}, at end {h['load_end']}. "
           "Everything runs on one 2-vCPU machine: client, server and tools share the CPUs, and "
           "any other work on the machine (test suites, builds) shows up in these numbers. "
-          "Cold reads come from the VM's virtual disk, whose speed depends on the host's cache "
+          "Cold reads come from the VM's virtual disk (through the loop device when the data "
+          "is on an image), whose speed depends on the host's cache "
           "(the same peer can read at 200 or 900 MB/s in different rounds): look at the spread "
           "and at results.jsonl before trusting a cold-read median.", ""]
     if h["busy_start"] or h["busy_end"]:
@@ -342,7 +369,12 @@ def render(header, agg, peers, tgt, mxnet_md, stats, pngs, out: Path) -> str:
           "makes every read a request to the file system; for `local` it goes to the block "
           "device (so `local` is not a ceiling on this row).",
           f"- **meta**: {c['meta_files']} empty files created, stat'ed, unlinked by one Python "
-          "process (`python -m bench.meta`), fresh directory each round.",
+          "process (`python -m bench.meta`), fresh directory each round. Create rates depend "
+          "on the disk under the peers: an ext4 without a journal (this VM's root) skips "
+          "inodes freed in the last minute or more, so creates after any mass deletion (the "
+          "bench's own unlink and `rm -rf` steps) cost ~0.5 ms each in the kernel"
+          + ("; hence the journaled ext4 image above." if h.get("backing", "").startswith(
+              "journaled") else " (see where the data lives, above)."),
           f"- **tree**: a deterministic {c['tree_files']}-file tarball (sizes 64 B–64 KiB) is "
           "untarred onto the peer, then `du -s`, `find`, `cp -r`, `rm -rf` of both trees; "
           "seconds per step.",
