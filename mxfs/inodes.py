@@ -56,6 +56,9 @@ class Inode:
     handles: set[int] = field(default_factory=set)  # open client file handles
     links: list[tuple[int, bytes]] = field(default_factory=list)  # other hard-link names
     fh: Any = None  # the server's handle of it (None: named by path)
+    # written here at an offset inside a page: the kernel's cache holds pages only partly
+    # written (not up to date), which a later read fetches piecemeal (fs.py, _opened)
+    partial_pages: bool = False
 
 
 class InodeTable:

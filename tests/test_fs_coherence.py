@@ -79,6 +79,29 @@ def test_what_did_not_change_is_answered_without_the_server(tmp_path, transport)
         assert b.stats()["cache"]["hits"] >= 20
 
 
+@pytest.mark.parametrize("block", [10240, 65536])
+def test_a_file_written_in_blocks_is_read_back_in_one_request(tmp_path, block):
+    """tar writes 10 KiB blocks: the pages two blocks share are left only partly written in
+    the kernel's cache, and kept they made a reader fetch the file piecemeal around them;
+    aligned blocks leave whole pages, and either way reading it back is one READ."""
+    with cluster(tmp_path, "mx", clients=1) as (server, (a,)):
+        data = os.urandom(4 * 10240 + 123)
+        fd = os.open(a.mnt / "t", os.O_CREAT | os.O_WRONLY, 0o644)
+        for off in range(0, len(data), block):
+            os.write(fd, data[off:off + block])
+        os.close(fd)
+        os.utime(a.mnt / "t", ns=(10**18, 10**18))  # (as tar does: the kernel's copy is current)
+        n = _requests(a)
+        per_stats_read = _requests(a) - n
+        n += per_stats_read
+        assert (a.mnt / "t").read_bytes() == data
+        assert _requests(a) - n - per_stats_read <= 3  # OPEN, one READ, the posted RELEASE
+        n = _requests(a)
+        assert (a.mnt / "t").read_bytes() == data  # and then the cache is kept: no READ
+        assert _requests(a) - n - per_stats_read <= 2  # OPEN, the posted RELEASE
+        assert os.stat(a.mnt / "t").st_size == len(data)
+
+
 def test_a_client_that_stops_answering_loses_its_promises(tmp_path):
     with cluster(tmp_path, "mx", clients=2, server_args=("--break-timeout", "1")) as (
             server, (a, b)):
