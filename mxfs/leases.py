@@ -157,15 +157,11 @@ class Leases:
         self.hits += 1
         return got[0], got[1] - now
 
-    def entry(self, dir_key: Key, name: bytes) -> tuple[bool, tuple[Key, Any] | None]:
-        """(known, value): value is (key, handle), or ABSENT for a name known not to exist."""
-        known, value, _, _ = self.lookup(dir_key, name)
-        return known, value
-
     def lookup(self, dir_key: Key, name: bytes) -> tuple[bool, Any, StatTuple | None, float]:
-        """(known, value, attributes, seconds left) for *name* in *dir_key*: value as entry()
-        gives it, the attributes of what it names (None for ABSENT), and how long the kernel
-        may keep the answer: what is left of the shortest promise it rests on."""
+        """(known, value, attributes, seconds left) for *name* in *dir_key*: value is
+        (key, handle), or ABSENT for a name known not to exist; the attributes of what it
+        names (None for ABSENT); how long the kernel may keep the answer: what is left of
+        the shortest promise it rests on."""
         if not self.enabled:
             return False, None, None, 0.0
         now = self._clock()

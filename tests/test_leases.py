@@ -21,7 +21,7 @@ def test_nothing_is_cached_without_callbacks_or_with_timeout_zero():
         le.know(5, st(50))
         le.put_attrs(st(50), le.generation)
         assert le.attrs((7, 50)) is None and le.key(5) is None
-        assert le.entry((7, 1), b"x") == (False, None)
+        assert le.lookup((7, 1), b"x")[:2] == (False, None)
 
 
 def test_an_answer_that_crossed_a_break_is_not_kept():
@@ -42,14 +42,14 @@ def test_a_break_drops_attributes_names_and_tells_the_kernel():
     le.put_attrs(st(20), g)
     le.put_entry((7, 10), b"f", ((7, 20), None), g)
     le.put_entry((7, 10), b"gone", ABSENT, g)
-    assert le.entry((7, 10), b"f") == (True, ((7, 20), None))
-    assert le.entry((7, 10), b"gone") == (True, ABSENT)
+    assert le.lookup((7, 10), b"f")[:2] == (True, ((7, 20), None))
+    assert le.lookup((7, 10), b"gone")[:2] == (True, ABSENT)
     drops = le.apply_break([((7, 20), BREAK_ATTR | BREAK_DATA, []),
                             ((7, 10), BREAK_ATTR | BREAK_NAMES, [b"gone"])])
     assert drops == [Drop(2, attr_only=False), Drop(1, attr_only=True), Drop(1, name=b"gone")]
     assert le.attrs((7, 20)) is None
-    assert le.entry((7, 10), b"gone") == (False, None)
-    assert le.entry((7, 10), b"f") == (False, None)  # its object's attributes went
+    assert le.lookup((7, 10), b"gone")[:2] == (False, None)
+    assert le.lookup((7, 10), b"f")[:2] == (False, None)  # its object's attributes went
 
 
 def test_break_all_forgets_every_name_of_a_directory():
@@ -60,20 +60,20 @@ def test_break_all_forgets_every_name_of_a_directory():
         le.put_entry((7, 10), n, ABSENT, g)
     drops = le.apply_break([((7, 10), BREAK_ALL, [])])
     assert set(drops) == {Drop(1, attr_only=False), Drop(1, name=b"a"), Drop(1, name=b"b")}
-    assert le.entry((7, 10), b"a") == (False, None)
+    assert le.lookup((7, 10), b"a")[:2] == (False, None)
 
 
 def test_a_new_directory_is_complete_until_someone_else_changes_it():
     le = active()
     g = le.generation
     le.made_dir(st(30), g)
-    assert le.entry((7, 30), b"anything") == (True, ABSENT)
+    assert le.lookup((7, 30), b"anything")[:2] == (True, ABSENT)
     le.renamed_in((7, 30), b"f", ((7, 31), None), g)  # our own create keeps it complete
     le.put_attrs(st(31), g)
-    assert le.entry((7, 30), b"f") == (True, ((7, 31), None))
-    assert le.entry((7, 30), b"other") == (True, ABSENT)
+    assert le.lookup((7, 30), b"f")[:2] == (True, ((7, 31), None))
+    assert le.lookup((7, 30), b"other")[:2] == (True, ABSENT)
     le.apply_break([((7, 30), BREAK_ATTR | BREAK_NAMES, [b"x"])])
-    assert le.entry((7, 30), b"other") == (False, None)
+    assert le.lookup((7, 30), b"other")[:2] == (False, None)
 
 
 def test_the_bound_holds_and_evicting_a_name_ends_completeness():
@@ -84,7 +84,7 @@ def test_the_bound_holds_and_evicting_a_name_ends_completeness():
         le.put_entry((7, 30), b"n%d" % i, ABSENT, g)
         le.put_attrs(st(100 + i), g)
     assert le.statistics()["entries"] == 3 and le.statistics()["attrs"] == 3
-    assert le.entry((7, 30), b"n0") == (False, None)  # evicted, and no longer "complete"
+    assert le.lookup((7, 30), b"n0")[:2] == (False, None)  # evicted, and no longer "complete"
 
 
 def test_reset_forgets_all_and_invalidates_what_the_kernel_may_hold():
@@ -97,7 +97,7 @@ def test_reset_forgets_all_and_invalidates_what_the_kernel_may_hold():
     drops = le.reset()
     assert set(drops) == {Drop(1, attr_only=False), Drop(2, attr_only=False),
                           Drop(1, name=b"no")}
-    assert le.attrs((7, 20)) is None and le.entry((7, 10), b"no") == (False, None)
+    assert le.attrs((7, 20)) is None and le.lookup((7, 10), b"no")[:2] == (False, None)
     assert not le.fresh(g)
 
 
@@ -111,12 +111,12 @@ def test_everything_expires_after_the_timeout():
     le.put_entry((7, 10), b"f", ((7, 20), None), g)
     le.made_dir(st(30), g)
     now[0] += 9.9
-    assert le.attrs((7, 20)) is not None and le.entry((7, 10), b"f")[0]
-    assert le.entry((7, 30), b"x") == (True, ABSENT)
+    assert le.attrs((7, 20)) is not None and le.lookup((7, 10), b"f")[:2][0]
+    assert le.lookup((7, 30), b"x")[:2] == (True, ABSENT)
     now[0] += 0.2
     assert le.attrs((7, 20)) is None
-    assert le.entry((7, 10), b"f") == (False, None)
-    assert le.entry((7, 30), b"x") == (False, None)
+    assert le.lookup((7, 10), b"f")[:2] == (False, None)
+    assert le.lookup((7, 30), b"x")[:2] == (False, None)
 
 
 def test_an_answer_from_memory_carries_what_is_left_of_its_promise():
