@@ -4,7 +4,7 @@ A stat after the kernel's caches are dropped is one FUSE LOOKUP. mxfs answers it
 callback cache (no network message), so its rate is set by pyfuse3 + trio + mxfs's handler.
 This puts three file systems side by side in one run, the same loop on each (N files made
 through the mount; per round: drop the kernel's caches, os.stat every file; median of the
-rounds), with the daemon's CPU per stat from /proc/PID/stat:
+rounds), with the daemon's CPU per stat (procs.cpu_seconds):
 
     nullfs        pyfuse3 + trio answering lookups from a dict: no network, no cache logic;
                   the floor of any pyfuse3/trio file system on this machine
@@ -29,8 +29,6 @@ from pathlib import Path
 
 from . import procs
 from .peers import Mxfs, Peer, SshfsDirect, is_mounted
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class NullFs(Peer):
@@ -87,12 +85,6 @@ def serve(mnt: str, files: int) -> None:
         pyfuse3.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def stat_rounds(d: Path, files: int, rounds: int, pid: int) -> tuple[float, float]:
     """(median stats/s, daemon CPU µs per stat over all rounds)."""
     names = [str(d / f"f{i}") for i in range(files)]
@@ -100,11 +92,11 @@ def stat_rounds(d: Path, files: int, rounds: int, pid: int) -> tuple[float, floa
     for _ in range(rounds):
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
-        c0, t0 = cpu_seconds(pid), time.perf_counter()
+        c0, t0 = procs.cpu_seconds([pid]), time.perf_counter()
         for p in names:
             os.stat(p)
         rates.append(files / (time.perf_counter() - t0))
-        cpu += cpu_seconds(pid) - c0
+        cpu += procs.cpu_seconds([pid]) - c0
         n += files
     return statistics.median(rates), cpu / n * 1e6
 
