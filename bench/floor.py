@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import procs
-from .peers import Mxfs, Peer, SshfsDirect, is_mounted
+from .peers import Mxfs, Peer, SshfsDirect
 
 
 class NullFs(Peer):
@@ -41,14 +41,8 @@ class NullFs(Peer):
         self.files = files
 
     def _mount(self) -> None:
-        p = procs.spawn([sys.executable, "-m", "bench.floor", "--serve", str(self.mnt),
-                         str(self.files)], "nullfs", cwd=Path(__file__).resolve().parent.parent)
-        deadline = time.monotonic() + 20
-        while not is_mounted(self.mnt):
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise procs.BenchError(f"nullfs did not mount (exit {p.poll()})")
-            time.sleep(0.05)
-        self.client_pid = p.pid
+        self._spawn_daemon([sys.executable, "-m", "bench.floor", "--serve", str(self.mnt),
+                            str(self.files)])
 
 
 def serve(mnt: str, files: int) -> None:

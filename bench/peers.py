@@ -117,6 +117,16 @@ class Peer:
 
     def _mount(self) -> None: ...
 
+    def _spawn_daemon(self, argv: list[str]) -> None:
+        """Mount by starting ``argv``, a FUSE daemon that stays in the foreground."""
+        p = procs.spawn(argv, self.name, cwd=ROOT)
+        deadline = time.monotonic() + 20
+        while not is_mounted(self.mnt):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{self.name} did not mount (exit {p.poll()})")
+            time.sleep(0.05)
+        self.client_pid = p.pid
+
     def umount(self) -> None:
         if not self.mounted and not is_mounted(self.mnt):
             return
@@ -478,8 +488,11 @@ class Gluster(Peer):
 
 
 def make_peers(work: Path, only: list[str] | None = None) -> list[Peer]:
+    from .passfs import PassFs  # (it builds on Peer)
+
     peers: list[Peer] = [Mxfs(work, "mx"), Mxfs(work, "mx", checksum=True), Mxfs(work, "gm"),
-                         SshfsSsh(work), SshfsDirect(work), Gluster(work), Local(work)]
+                         SshfsSsh(work), SshfsDirect(work), Gluster(work), PassFs(work),
+                         Local(work)]
     if only:
         unknown = set(only) - {p.name for p in peers}
         if unknown:
