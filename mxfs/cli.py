@@ -223,6 +223,7 @@ def format_stats(d: dict[str, Any]) -> str:
         ]
         if side == "client":
             rows.append(("reconnects", s.get("reconnects")))
+            rows.append(("FUSE reader handoffs", d.get("fuse_reader_handoffs")))
         else:
             rows.append(("requests served", s.get("requests")))
             rows.append(("  inline / in a task",

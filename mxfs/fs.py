@@ -62,6 +62,7 @@ from fsproto.rpc import (
 
 from .attrcache import NoCapability, PostOpAttrs
 from .callers import Callers
+from .fusereaders import ReaderLock
 from .inodes import ROOT_INODE, InodeTable, StaleInode, stat_key
 from .invalidator import Invalidator
 from .leases import ABSENT, Drop, Key, Leases, key_of
@@ -119,6 +120,7 @@ class MxfsOperations(pyfuse3.Operations):
         super().__init__()
         self.rpc = rpc
         self.opts = opts
+        self.readers: ReaderLock | None = None  # pyfuse3's read lock, once mounted
         self.inodes = InodeTable()
         self.files = OpenFiles(self.inodes)
         self.reopen = Reopener(rpc, self.inodes)
@@ -610,7 +612,8 @@ class MxfsOperations(pyfuse3.Operations):
         if inode == ROOT_INODE and name == STATS_XATTR:
             return (await stats_json(self.rpc, self.opts.host, len(self.files),
                                      self.writer.werr, len(self.inodes),
-                                     self.invalidator.statistics())).encode()
+                                     self.invalidator.statistics(),
+                                     self.readers.handoffs if self.readers else 0)).encode()
         if name == CAPABILITY and self.no_cap.known(inode):
             raise FUSEError(pyfuse3.ENOATTR)
         try:

@@ -16,6 +16,7 @@ import trio
 import mxnet
 from fsproto.errors import leaf_exception
 
+from . import fusereaders
 from .fs import MxfsOperations
 from .mounttab import find_mounts, mountpoint_problem, topmost
 from .options import MountOptions, OptionError
@@ -96,6 +97,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[str | None], None]) -> 
                     nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
 
                     async def fuse_main() -> None:
+                        ops.readers = fusereaders.install()
                         await pyfuse3.main(max_tasks=128)
                         nursery.cancel_scope.cancel()
 

@@ -12,7 +12,8 @@ from .writeerrors import WriteErrors
 
 
 async def stats_json(rpc: RpcClient, host: str, open_files: int, werr: WriteErrors,
-                     inodes: int, cache: dict[str, Any] | None = None) -> str:
+                     inodes: int, cache: dict[str, Any] | None = None,
+                     reader_handoffs: int = 0) -> str:
     """The client's counters and, asked now, the server's for this connection."""
     out: dict[str, Any] = {
         "server": f"{host}:{rpc.port}",
@@ -23,6 +24,7 @@ async def stats_json(rpc: RpcClient, host: str, open_files: int, werr: WriteErro
         "lost_by_server_restart": werr.lost_by_restart,
         "inodes": inodes,
         "cache": cache or {},
+        "fuse_reader_handoffs": reader_handoffs,  # fusereaders.py
     }
     try:
         out["server_side"] = await rpc.call(Op.STATS)

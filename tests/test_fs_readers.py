@@ -1,0 +1,69 @@
+"""End to end: how pyfuse3's workers share /dev/fuse (mxfs/fusereaders.py) on a real mount.
+A request answered from memory keeps the reading worker (no task switch, counted in
+`fuse_reader_handoffs`); one that waits on the server hands the device to another worker, so
+a frozen server never stops the requests that need no server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest_fs import cluster, needs_fuse, sh
+
+pytestmark = [needs_fuse, pytest.mark.fuse]
+
+
+def _handoffs(m) -> int:  # noqa: ANN001
+    return m.stats()["fuse_reader_handoffs"]
+
+
+def test_only_requests_that_wait_on_the_server_hand_the_device_over(tmp_path):
+    with cluster(tmp_path) as (_, (m,)):
+        d = m.mnt / "d"
+        d.mkdir()
+        before = _handoffs(m)
+        n = 200
+        for i in range(n):  # LOOKUP, CREATE (waits on the server), GETATTR, FLUSH, RELEASE
+            os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        made = _handoffs(m) - before
+        # one per create, and a few for the stats requests themselves
+        assert n <= made <= n + 5, made
+        sh("echo 2 > /proc/sys/vm/drop_caches")  # the kernel forgets the names...
+        before = _handoffs(m)
+        for i in range(n):  # ...and asks mxfs, which knows them: answered from memory
+            os.stat(d / f"f{i}")
+        assert _handoffs(m) - before <= 5
+
+
+def test_a_frozen_server_does_not_stop_answers_from_memory(tmp_path):
+    with cluster(tmp_path, extra="timeout=10") as (server, (m,)):
+        (m.mnt / "cached").write_text("a")
+        (m.mnt / "waits").write_text("b")
+        os.stat(m.mnt / "cached")
+        sh("echo 2 > /proc/sys/vm/drop_caches")
+        result: list[object] = []
+
+        def opener() -> None:
+            try:
+                result.append((m.mnt / "waits").read_text())  # OPEN: needs the server
+            except OSError as e:
+                result.append(e)
+
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=opener)
+            t.start()
+            time.sleep(0.5)
+            assert t.is_alive() and not result  # it waits on the frozen server
+            t0 = time.monotonic()
+            st = os.stat(m.mnt / "cached")  # a LOOKUP mxfs answers from memory
+            took = time.monotonic() - t0
+            assert st.st_size == 1 and took < 2, took
+            assert t.is_alive()
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        t.join(15)
+        assert result == ["b"]
