@@ -84,6 +84,9 @@ PROTOCOL_VERSION = 6
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT
 RID_MASK = (1 << KIND_SHIFT) - 1
+# a request id with this bit is posted: nobody waits for its answer, so the server sends none
+# (RELEASE; an older server answers anyway and the client drops the stray reply)
+POSTED = 1 << (KIND_SHIFT - 1)
 
 
 class Kind(enum.IntEnum):

@@ -41,6 +41,7 @@ from fsproto.rpc import (
     KIND_MASK,
     KIND_SHIFT,
     LARGE_REPLY_OPS,
+    POSTED,
     PROTOCOL_VERSION,
     READ_HDR,
     REPLY_LARGE,
@@ -311,16 +312,15 @@ class RpcClient:
 
     def post(self, op: Op, *args: Any, epoch: int | None = None) -> None:
         """Send a request whose answer nobody needs (RELEASE): no round trip to wait for.
-        Its reply receive is posted, so the answer lands and is dropped, never queued."""
+        Its id says POSTED, so the server sends no answer (one an older server sends anyway
+        is dropped by _on_unexpected)."""
         peer = self.peer
         if peer is None or (epoch is not None and epoch != self.epoch):
             return  # the server dropped this connection's handles by itself
-        rid = next(self._rids)
+        rid = next(self._rids) | POSTED
         if self.debug:
             log.debug("%s(%s) posted", op.name, ", ".join(_brief(a) for a in args))
         try:
-            self.ep.irecv([mxnet.user(bytearray(REPLY_SMALL))], make_match(Kind.REPLY, rid),
-                          MASK_ALL, peer=peer)
             self.ep.isend(peer, [mxnet.user(encode_request(op, *args))],
                           make_match(Kind.REQ, rid))
         except mxnet.MxError as e:

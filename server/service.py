@@ -36,6 +36,7 @@ from fsproto.rpc import (
     KIND_MASK,
     KIND_SHIFT,
     MAX_READ,
+    POSTED,
     READ_HDR,
     REQ_BUF_SIZE,
     REQ_SLOTS,
@@ -86,6 +87,7 @@ class Service:
         self.breaks_waited = 0  # replies that waited for other clients' acknowledgements
         self.breaks_unanswered = 0  # clients disconnected for not acknowledging in time
         self.dropped = 0  # messages of a kind nothing here asks for (a confused client)
+        self.posted = 0  # requests answered with no reply: their client waits for none
         self.slots = slots
         self.data_timeout = data_timeout
         self.requests = 0
@@ -303,6 +305,9 @@ class Service:
             if not err and op in _OPENING:
                 self.fs.handles.close_owner(peer)  # opened for a client that is already gone
             return
+        if rid & POSTED:  # nobody waits for this answer
+            self.posted += 1
+            return
         self.ep.isend(peer, [mxnet.user(encode_reply(err, None if err else result))],
                       make_match(Kind.REPLY, rid))
 
@@ -440,6 +445,7 @@ class Service:
         d["breaks_waited"] = self.breaks_waited
         d["breaks_unanswered"] = self.breaks_unanswered
         d["dropped"] = self.dropped
+        d["posted"] = self.posted
         d["callbacks"] = self.fs.callbacks.statistics()
         return d
 

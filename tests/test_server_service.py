@@ -123,6 +123,25 @@ async def test_requests_are_served_inline_unless_they_must_wait(tmp_path, transp
         nursery.cancel_scope.cancel()
 
 
+async def test_a_posted_request_gets_no_answer_and_still_happens(tmp_path, transport):
+    """RELEASE is posted (nobody waits): the server closes the handle and sends nothing back,
+    so neither side spends a message on an answer nobody reads."""
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as rpc:
+            hids = [(await rpc.call(Op.CREATE, b"p%d" % i, os.O_RDWR, 0o644))[0]
+                    for i in range(20)]
+            got = rpc.statistics()["messages_received"]
+            for hid in hids:
+                rpc.post(Op.RELEASE, hid, epoch=rpc.epoch)
+            srv = await rpc.call(Op.STATS)  # answered after the RELEASEs (one connection)
+            assert srv["open_handles"] == 0 and srv["posted"] == 20
+            assert rpc.statistics()["messages_received"] == got + 1  # STATS's answer only
+            assert svc.dropped == 0
+        nursery.cancel_scope.cancel()
+
+
 async def _answers_once(version, task_status=trio.TASK_STATUS_IGNORED):
     """An endpoint that answers the client's version check (PING) and then nothing more."""
     async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY) as ep:
