@@ -83,6 +83,27 @@ class ReaderLock:
         self.release()
 
 
+class QuickLock:
+    """trio.Lock, except that taking it when nobody holds or waits for it does not yield:
+    a handler that yields hands the device to another worker (above), a task switch that
+    a write gathered in memory does not need (tar: ~3 600 per 1000 files)."""
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()  # fair: refused while others wait
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
 class _Stepped(trio.abc.Instrument):
     def __init__(self, lock: ReaderLock) -> None:
         self.after_task_step = lock.stepped

@@ -23,6 +23,7 @@ import trio
 
 from fsproto.rpc import Cred
 
+from .fusereaders import QuickLock
 from .inodes import InodeTable
 from .readdir import DirBuffer
 from .writeback import Run
@@ -38,7 +39,7 @@ class OpenFile:
     fh: int = 0  # the kernel's handle for it
     cred: Cred | None = None  # who opened it (reopened as that user after a reconnect)
     lock: trio.Lock = field(default_factory=trio.Lock)  # one reopen at a time
-    wlock: trio.Lock = field(default_factory=trio.Lock)  # orders this file's writes
+    wlock: QuickLock = field(default_factory=QuickLock)  # orders this file's writes
     seen: Cursor = field(default_factory=lambda: Cursor(0, 0, 0))  # of its inode's errors
     run: Run | None = None  # small writes answered but not yet sent (writeback.py)
     inflight: list[tuple[int, int]] = field(default_factory=list)  # runs on the wire

@@ -38,6 +38,18 @@ def test_only_requests_that_wait_on_the_server_hand_the_device_over(tmp_path):
         assert _handoffs(m) - before <= 5
 
 
+def test_writes_gathered_in_memory_do_not_hand_the_device_over(tmp_path):
+    with cluster(tmp_path) as (server, (m,)):
+        before = _handoffs(m)
+        with open(m.mnt / "log", "wb", buffering=0) as f:
+            for i in range(300):  # 300 FUSE WRITEs, gathered into one run
+                f.write(b"%05d\n" % i)
+        # OPEN... CREATE waits on the server, the close sends the run: a few, not 300
+        assert _handoffs(m) - before <= 8
+        assert (server.export / "log").read_bytes() == b"".join(b"%05d\n" % i
+                                                               for i in range(300))
+
+
 def test_a_frozen_server_does_not_stop_answers_from_memory(tmp_path):
     with cluster(tmp_path, extra="timeout=10") as (server, (m,)):
         (m.mnt / "cached").write_text("a")

@@ -150,3 +150,30 @@ async def test_release_by_a_task_that_does_not_own_it_is_refused() -> None:
                 lock.release()
         n.start_soon(other)
     lock.release()
+
+
+async def test_quick_lock_taken_free_does_not_yield_and_waiters_all_get_it() -> None:
+    lock = fusereaders.QuickLock()
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with trio.open_nursery() as n:
+        n.start_soon(other)
+        async with lock:  # free: no schedule point, so `other` has not run yet
+            assert ran == [] and lock.locked()
+        order: list[int] = []
+
+        async def taker(i: int) -> None:
+            async with lock:
+                order.append(i)
+                await trio.sleep(0)
+
+        async with lock:
+            for i in range(3):
+                n.start_soon(taker, i)
+            await _settle()  # all three wait
+            assert order == []
+        await _settle()
+        assert sorted(order) == [0, 1, 2] and not lock.locked()
