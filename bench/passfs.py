@@ -30,6 +30,9 @@ from typing import Any
 from .peers import Peer
 
 TIMEOUT = 60.0  # the kernel's attribute and name cache, s
+# open flags passed on to the backing file: not O_CREAT (create says it), not O_DIRECT (the
+# kernel already bypasses its own cache for the caller; our buffers are not aligned for it)
+_PASS_FLAGS = ~(os.O_CREAT | os.O_DIRECT)
 
 
 class PassFs(Peer):
@@ -199,14 +202,14 @@ def serve(src: str, mnt: str) -> None:
 
         @_errno
         async def open(self, ino: int, flags: int, ctx: Any) -> Any:
-            fd = os.open(self._path(ino), flags & ~os.O_CREAT)
+            fd = os.open(self._path(ino), flags & _PASS_FLAGS)
             return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
         @_errno
         async def create(self, parent: int, name: bytes, mode: int, flags: int,
                          ctx: Any) -> Any:
             p = self._child(parent, name)
-            fd = os.open(p, flags | os.O_CREAT, mode)
+            fd = os.open(p, (flags & _PASS_FLAGS) | os.O_CREAT, mode)
             return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._entry(os.fstat(fd), p)
 
         @_errno

@@ -1,6 +1,7 @@
 """The bench's floor peer (bench/passfs.py) is a real file system: the tree workload's tools
 run on it and everything lands in its backing directory; it unmounts and its daemon ends."""
 
+import mmap
 import os
 import shutil
 import subprocess
@@ -49,6 +50,13 @@ def test_tools_run_on_the_floor_and_land_in_its_backing_directory(tmp_path: Path
             f.truncate(10)
         assert (peer.backing / "copy" / "f3").stat().st_size == 10
         os.rename(root / "copy" / "f3", root / "copy" / "f3b")
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants (fio --direct=1)
+        fd = os.open(root / "copy" / "f19", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert os.preadv(fd, [buf], 0) == 1900
+        finally:
+            os.close(fd)
+        assert buf[:1900] == (src / "d" / "f19").read_bytes()
         assert os.readlink(root / "copy" / "ln") == "f1"
         with pytest.raises(FileNotFoundError):
             os.stat(root / "nothing")
