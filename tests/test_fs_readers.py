@@ -79,3 +79,39 @@ def test_a_frozen_server_does_not_stop_answers_from_memory(tmp_path):
             server.proc.send_signal(signal.SIGCONT)
         t.join(15)
         assert result == ["b"]
+
+
+@pytest.mark.parametrize("how", ["unmount", "SIGTERM"])
+def test_the_mount_ends_cleanly_while_a_handler_waits_on_a_frozen_server(tmp_path, how):
+    """The end of the session reaches every worker (the one waiting on the server, the one
+    reading /dev/fuse, any parked): the mount process exits, nothing hangs. SIGTERM ends it
+    at once; a lazy unmount once the waiting request has failed (the kernel keeps the
+    connection while a request of it is in flight: timeout=3 here)."""
+    with cluster(tmp_path, extra="timeout=30" if how == "SIGTERM" else "timeout=3"
+                 ) as (server, (m,)):
+        (m.mnt / "waits").write_text("b")
+        result: list[object] = []
+
+        def opener() -> None:
+            try:
+                result.append((m.mnt / "waits").read_text())
+            except OSError as e:
+                result.append(e.errno)
+
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=opener, daemon=True)
+            t.start()
+            time.sleep(0.5)
+            assert t.is_alive()  # its OPEN waits on the frozen server
+            t0 = time.monotonic()
+            if how == "unmount":
+                sh(f"fusermount3 -u -z {m.mnt}")
+            else:
+                m.proc.send_signal(signal.SIGTERM)
+            m.proc.wait(10)  # (SIGTERM: well before the 30 s request timeout)
+            assert time.monotonic() - t0 < 10
+            t.join(10)
+            assert not t.is_alive() and result and result[0] != "b", result
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
