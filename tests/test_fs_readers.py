@@ -50,6 +50,62 @@ def test_writes_gathered_in_memory_do_not_hand_the_device_over(tmp_path):
                                                                for i in range(300))
 
 
+def test_many_callers_mixing_cached_and_waiting_requests_all_finish(tmp_path):
+    """Eight threads create, write, read back, stat and unlink at once while another stats
+    cached names: requests that wait on the server and ones answered from memory interleave
+    across pyfuse3's workers; every caller finishes with its own data."""
+    with cluster(tmp_path) as (server, (m,)):
+        (m.mnt / "hot").mkdir()
+        for i in range(20):
+            (m.mnt / "hot" / f"h{i}").write_bytes(b"x" * i)
+        errors: list[BaseException] = []
+        done: list[int] = []
+        stop = threading.Event()
+
+        def worker(w: int) -> None:
+            try:
+                d = m.mnt / f"w{w}"
+                d.mkdir()
+                for i in range(40):
+                    data = os.urandom(100 + 997 * i)
+                    p = d / f"f{i}"
+                    with open(p, "wb") as f:
+                        f.write(data[:50])
+                        f.write(data[50:])
+                    assert p.read_bytes() == data
+                    assert os.stat(p).st_size == len(data)
+                    if i % 2:
+                        os.unlink(p)
+                done.append(w)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def looker() -> None:
+            try:
+                while not stop.is_set():
+                    for i in range(20):
+                        assert os.stat(m.mnt / "hot" / f"h{i}").st_size == i
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        before = _handoffs(m)
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        lk = threading.Thread(target=looker)
+        lk.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stop.set()
+        lk.join(10)
+        assert not errors, errors
+        assert sorted(done) == list(range(8))
+        assert _handoffs(m) - before > 0
+        for w in range(8):
+            assert sorted(os.listdir(server.export / f"w{w}")) == sorted(
+                f"f{i}" for i in range(0, 40, 2))
+
+
 def test_a_frozen_server_does_not_stop_answers_from_memory(tmp_path):
     with cluster(tmp_path, extra="timeout=10") as (server, (m,)):
         (m.mnt / "cached").write_text("a")
