@@ -178,8 +178,6 @@ class Writer:
     # -- settling ------------------------------------------------------------------------------
     async def settle(self, f: OpenFile) -> None:
         """Send f's pending run and wait for all its runs (failures are kept in werr)."""
-        if f.run is None and not f.inflight and not f.wlock.locked():
-            return  # nothing to send or wait for (and no await: fusereaders.py)
         async with f.wlock:
             if f.run is not None:
                 await self._send_run(f)
