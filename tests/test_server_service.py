@@ -142,6 +142,29 @@ async def test_a_posted_request_gets_no_answer_and_still_happens(tmp_path, trans
         nursery.cancel_scope.cancel()
 
 
+async def test_an_older_server_answering_a_posted_request_leaves_nothing_queued(
+        tmp_path, transport, monkeypatch):
+    """A server from before POSTED answers RELEASE anyway: the client takes that answer off
+    the queue and drops it, so nothing piles up in its unexpected queue."""
+    import server.service
+
+    monkeypatch.setattr(server.service, "POSTED", 0)  # the old server: every request answered
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as rpc:
+            hids = [(await rpc.call(Op.CREATE, b"q%d" % i, os.O_RDWR, 0o644))[0]
+                    for i in range(20)]
+            got = rpc.statistics()["messages_received"]
+            for hid in hids:
+                rpc.post(Op.RELEASE, hid, epoch=rpc.epoch)
+            srv = await rpc.call(Op.STATS)
+            assert srv["open_handles"] == 0 and srv["posted"] == 0
+            assert rpc.statistics()["messages_received"] == got + 21  # the 20 stray answers
+            assert rpc.ep.iprobe(0, 0) is None  # none of them waits in the queue
+        nursery.cancel_scope.cancel()
+
+
 async def _answers_once(version, task_status=trio.TASK_STATUS_IGNORED):
     """An endpoint that answers the client's version check (PING) and then nothing more."""
     async with mxnet.open_endpoint("127.0.0.1", 0, key=KEY) as ep:
