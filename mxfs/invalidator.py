@@ -61,9 +61,12 @@ class Invalidator:
 
     async def run(self) -> None:
         """For the life of the mount: hosts the kernel invalidations."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await trio.sleep_forever()
+        finally:  # unmounting: the connection's end, which comes after, has nothing to drop
+            self._nursery = None
 
     def on_break(self, seq: int, entries: list[tuple[Key, int, list[bytes]]] | None) -> None:
         if entries is None:  # unreadable or too long: take it as "everything changed"

@@ -7,7 +7,8 @@ takes entries until its buffer is full. The server answers a READDIR with a batc
 entries, so what the kernel did not take stays here, each entry with its own offset and the
 offset of the one after it. A readdir that goes on from the first entry kept is served from
 here; any other offset (a seek, a rewind) drops what does not follow from it, and all of it
-when nothing does. Offsets 1 and 2 are "." and ".." (`dots`), so the server's offsets are
+when nothing does. Once the server said the directory ends, a readdir from where it ends
+(the kernel always asks once more, to see the end) is answered from here too: no round trip. Offsets 1 and 2 are "." and ".." (`dots`), so the server's offsets are
 shifted by DOTS. Pure: no I/O.
 """
 
@@ -44,11 +45,14 @@ class DirBuffer:
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.eof = False  # the server has no entries after these
+        self.end = -1  # with eof: the offset after the last entry (where the directory ends)
 
     def rewind(self, start: int) -> None:
         """A readdir from offset *start* begins: keep only what follows from it."""
         if not self.entries or self.entries[0].own != start:
             self.entries = [e for e in self.entries if e.own >= start]
+            if not self.entries and self.eof and start == self.end:
+                return  # at the end already: nothing more to fetch
             if not self.entries or self.entries[0].own != start:
                 self.entries, self.eof = [], False
 
@@ -60,3 +64,4 @@ class DirBuffer:
             self.entries.append(Entry(own, name, nxt + DOTS, st, fh))
             own = nxt + DOTS
         self.eof = bool(eof)
+        self.end = own

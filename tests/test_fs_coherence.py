@@ -250,3 +250,14 @@ def test_the_client_cache_stays_within_cache_max(tmp_path):
         cache = a.stats()["cache"]
         assert cache["attrs"] <= 100 and cache["entries"] <= 100
         assert cache["misses"] > 0  # (those beyond the bound were asked for again)
+
+
+def test_unmounting_a_client_with_promises_logs_no_traceback(tmp_path):
+    """Unmounting ends the invalidator first, then the connection, whose end voids the
+    promises: that must find nothing left to do, not fail in a closed nursery."""
+    with cluster(tmp_path, "mx") as (server, (a,)):
+        (a.mnt / "f").write_text("x")
+        assert a.stats()["cache"]["active"] == 1
+        log = a.log
+    text = log.read_text()
+    assert "Traceback" not in text and "callback failed" not in text, text[-2000:]

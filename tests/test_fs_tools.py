@@ -20,7 +20,8 @@ SRC = ROOT / "mxnet"  # a real source tree to copy around
 
 
 def sent(m) -> int:
-    """Messages the mount's client has sent so far (reading them is one more: subtract it)."""
+    """Messages the mount's client has sent so far, the two that read them included
+    (os.getxattr asks twice: once with a small buffer, then with one of the size)."""
     return m.stats()["client"]["messages_sent"]
 
 
@@ -377,6 +378,22 @@ def test_big_directory_listing(fsenv):
     listed = os.listdir(m.mnt / "bigdir")
     assert len(listed) == len(names) and set(listed) == names
     assert int(sh(f"ls -l {m.mnt}/bigdir | wc -l").stdout) == len(names) + 1
+
+
+def test_listing_a_directory_costs_one_readdir(fsenv):
+    """The kernel reads a directory until a readdir gives nothing; the server's answer already
+    said the directory ends there, so that last readdir costs no round trip: a listing is
+    OPENDIR, READDIR and a RELEASE that waits for no answer."""
+    server, m, tmp = fsenv
+    d = m.mnt / "listed"
+    d.mkdir()
+    for i in range(10):
+        (d / f"f{i}").touch()
+    (d / "empty").mkdir()
+    for path, names in ((d, {f"f{i}" for i in range(10)} | {"empty"}), (d / "empty", set())):
+        before = sent(m)
+        assert set(os.listdir(path)) == names
+        assert sent(m) - before - 2 == 3, path
 
 
 def test_open_unlinked_file_still_readable(fsenv):

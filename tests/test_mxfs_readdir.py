@@ -51,3 +51,30 @@ def test_an_offset_nothing_starts_at_drops_everything() -> None:
     buf.add(2, _batch((b"a", 10), (b"b", 20)), eof=True)
     buf.rewind(15)  # between entries
     assert buf.entries == [] and not buf.eof
+
+
+def test_the_kernels_last_readdir_at_the_end_needs_no_fetch() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10), (b"b", 20)), eof=True)
+    buf.entries.clear()  # the kernel took both
+    buf.rewind(22)  # and asks once more from where the directory ends
+    assert buf.entries == [] and buf.eof
+    buf.rewind(12)  # a seek back into what was taken: fetch again
+    assert buf.entries == [] and not buf.eof
+
+
+def test_an_empty_directory_ends_where_it_starts() -> None:
+    buf = DirBuffer()
+    buf.add(2, [], eof=True)
+    buf.rewind(2)
+    assert buf.eof
+    buf.rewind(0)  # rewinddir: look again
+    assert not buf.eof
+
+
+def test_the_end_is_not_known_before_eof() -> None:
+    buf = DirBuffer()
+    buf.add(2, _batch((b"a", 10)), eof=False)
+    buf.entries.clear()
+    buf.rewind(12)
+    assert not buf.eof
