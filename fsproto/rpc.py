@@ -181,6 +181,11 @@ class St(enum.IntEnum):
 
 
 STAT_FIELDS = tuple(f"st_{f.name.lower()}" for f in St)  # os.stat_result's names, wire order
+# After the stat fields, a stat tuple the server sends may carry one more: whether the object
+# has extended attributes (0: none at all, so any name is ENODATA; 1: some, or it could not
+# tell). LOOKUP, READDIR, OPEN/CREATE and MKDIR/MKNOD/SYMLINK answers carry it; under a
+# promise the client answers getxattr and listxattr of an object that has none from memory.
+ST_XATTRS = len(St)
 StatTuple = Sequence[int]
 _STAT_GET = operator.attrgetter(*STAT_FIELDS)
 
@@ -207,7 +212,7 @@ def stat_tuple(st: os.stat_result) -> list[int]:
 
 
 def stat_dict(t: StatTuple) -> dict[str, int]:
-    return dict(zip(STAT_FIELDS, t, strict=True))
+    return dict(zip(STAT_FIELDS, t[:ST_XATTRS], strict=True))
 
 
 def encode_request(op: Op, *args: Any, cred: Cred | None = None) -> bytes:

@@ -42,7 +42,8 @@ import functools
 import logging
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -614,7 +615,8 @@ class MxfsOperations(pyfuse3.Operations):
                                      self.writer.werr, len(self.inodes),
                                      self.invalidator.statistics(),
                                      self.readers.handoffs if self.readers else 0)).encode()
-        if name == CAPABILITY and self.no_cap.known(inode):
+        if (name == CAPABILITY and self.no_cap.known(inode)) or \
+                self.leases.no_xattrs(self.leases.key(inode)):
             raise FUSEError(pyfuse3.ENOATTR)
         try:
             return await self._xattr_call(inode, ctx, Op.GETXATTR, Op.FGETXATTR, name)
@@ -629,24 +631,40 @@ class MxfsOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         if inode == ROOT_INODE and name == STATS_XATTR:
             raise FUSEError(errno.EPERM)
-        self.no_cap.forget(inode)
-        await self._xattr_call(inode, ctx, Op.SETXATTR, Op.FSETXATTR, name, value, 0)
-        self.attrs.forget(inode)  # its ctime
+        async with self._xattrs_changing(inode):
+            await self._xattr_call(inode, ctx, Op.SETXATTR, Op.FSETXATTR, name, value, 0)
 
     @_guard
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if self.leases.no_xattrs(self.leases.key(inode)):
+            return []
         return await self._xattr_call(inode, ctx, Op.LISTXATTR, Op.FLISTXATTR)
 
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        self.no_cap.forget(inode)
-        self.attrs.forget(inode)  # its ctime
         try:
-            await self._xattr_call(inode, ctx, Op.REMOVEXATTR, Op.FREMOVEXATTR, name)
+            async with self._xattrs_changing(inode):
+                await self._xattr_call(inode, ctx, Op.REMOVEXATTR, Op.FREMOVEXATTR, name)
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 raise FUSEError(pyfuse3.ENOATTR) from None
             raise
+
+    @asynccontextmanager
+    async def _xattrs_changing(self, inode: int) -> AsyncIterator[None]:
+        """Around our own setxattr/removexattr: what this client knows of the inode's
+        attributes (its ctime, whether it has extended attributes) is old, before and after
+        (attrs.forget: the callback cache follows), and so is any answer about it that was
+        sent before the change and arrives after it."""
+        self.no_cap.forget(inode)
+        self.attrs.forget(inode)
+        key = self.leases.key(inode)
+        try:
+            yield
+        finally:
+            self.attrs.forget(inode)
+            if key is not None:
+                self.leases.xattrs_changed(key)
 
     async def _xattr_call(self, inode: int, ctx: Any, by_path: Op, by_handle: Op,
                           *args: Any) -> Any:

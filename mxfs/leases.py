@@ -12,7 +12,11 @@ object key (st_dev, st_ino):
               or ABSENT (a name that does not exist: a negative lookup)
     inodes    key -> FUSE inode number                (to tell the kernel what to drop)
 
-and gives the kernel long timeouts (`timeout`) for what it answers under a promise. A
+and gives the kernel long timeouts (`timeout`) for what it answers under a promise. Objects
+the server said have no extended attributes at all (fsproto.rpc.ST_XATTRS) are remembered
+apart, with their own expiry: getxattr and listxattr of them are answered from memory. Our
+own changes replace an object's attributes but add no extended attribute (only setxattr
+does: `xattrs_changed`), so they leave that alone. A
 directory whose every name is in `entries` (one this client just made: empty) is *complete*:
 a name not there does not exist, with no need to ask (the LOOKUP before each file `tar x` or
 `cp -r` creates). Losing any of its names (a BREAK, the LRU bound) ends that.
@@ -39,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fsproto.rpc import BREAK_ALL, BREAK_DATA, BREAK_NAMES, StatTuple
+from fsproto.rpc import BREAK_ALL, BREAK_DATA, BREAK_NAMES, ST_XATTRS, StatTuple
 
 Key = tuple[int, int]
 ABSENT = None  # an entries value: the name does not exist
@@ -74,8 +78,10 @@ class Leases:
         self._inodes: OrderedDict[Key, int] = OrderedDict()
         self._keys: dict[int, Key] = {}  # FUSE inode -> key
         self._complete: dict[Key, float] = {}  # directories whose every name is in _entries
+        self._no_xattrs: OrderedDict[Key, float] = OrderedDict()  # key -> until
         self.hits = 0
         self.misses = 0
+        self.xattr_hits = 0  # getxattr/listxattr answered "none" from memory
         self.breaks = 0
         self.resets = 0
         self.kernel_drops = 0
@@ -109,10 +115,19 @@ class Leases:
     def put_attrs(self, st: StatTuple, gen: int) -> None:
         if self.fresh(gen):
             key = key_of(st)
-            self._attrs[key] = (st, self._clock() + self.timeout)
+            until = self._clock() + self.timeout
+            self._attrs[key] = (st, until)
             self._attrs.move_to_end(key)
             if len(self._attrs) > self.max_entries:
                 self._attrs.popitem(last=False)
+            if len(st) > ST_XATTRS:  # (answers to our own changes do not say)
+                if st[ST_XATTRS]:
+                    self._no_xattrs.pop(key, None)
+                else:
+                    self._no_xattrs[key] = until
+                    self._no_xattrs.move_to_end(key)
+                    if len(self._no_xattrs) > self.max_entries:
+                        self._no_xattrs.popitem(last=False)
 
     def put_entry(self, dir_key: Key, name: bytes, value: tuple[Key, Any] | None,
                   gen: int) -> None:
@@ -157,6 +172,15 @@ class Leases:
         self.hits += 1
         return got[0], got[1] - now
 
+    def no_xattrs(self, key: Key | None) -> bool:
+        """Whether the server said, under a promise still held, that *key* has no extended
+        attributes at all (fsproto.rpc.ST_XATTRS): any name is ENODATA, the list empty."""
+        until = self._no_xattrs.get(key) if self.enabled and key is not None else None
+        if until is None or until <= self._clock():
+            return False
+        self.xattr_hits += 1
+        return True
+
     def lookup(self, dir_key: Key, name: bytes) -> tuple[bool, Any, StatTuple | None, float]:
         """(known, value, attributes, seconds left) for *name* in *dir_key*: value is
         (key, handle), or ABSENT for a name known not to exist; the attributes of what it
@@ -189,6 +213,13 @@ class Leases:
         """Our own change made our copy of *key*'s attributes old."""
         self._attrs.pop(key, None)
 
+    def xattrs_changed(self, key: Key) -> None:
+        """Our own setxattr/removexattr of *key* is done: its attributes (ctime, "has none")
+        are old, and so is any answer about it still on its way (sent before the change)."""
+        self._attrs.pop(key, None)
+        self._no_xattrs.pop(key, None)
+        self.generation += 1
+
     def forget_entry(self, dir_key: Key, name: bytes) -> None:
         """Our own change of the name: the caller records what it names now."""
         if self._entries.pop((dir_key, name), 0) != 0:
@@ -213,6 +244,7 @@ class Leases:
         drops: list[Drop] = []
         for key, flags, names in entries:
             self._attrs.pop(key, None)
+            self._no_xattrs.pop(key, None)
             self._complete.pop(key, None)
             ino = self._inodes.get(key)
             if ino is not None:
@@ -238,6 +270,7 @@ class Leases:
             if ino is not None:
                 drops += [Drop(ino, name=n) for n in sorted(names)]
         self._attrs.clear()
+        self._no_xattrs.clear()
         self._entries.clear()
         self._names.clear()
         self._complete.clear()
@@ -246,5 +279,6 @@ class Leases:
 
     def statistics(self) -> dict[str, int]:
         return {"active": int(self.enabled), "hits": self.hits, "misses": self.misses,
+                "xattr_hits": self.xattr_hits,
                 "breaks": self.breaks, "resets": self.resets, "kernel_drops": self.kernel_drops,
                 "attrs": len(self._attrs), "entries": len(self._entries)}

@@ -70,6 +70,21 @@ def _dir_st(pfd: int) -> list[int]:
     return stat_tuple(os.fstat(pfd))
 
 
+def has_xattrs(mode: int, target: int | bytes) -> int:
+    """1 if the object (an fd of it, O_PATH too, or a path) has any extended attribute, or
+    if that cannot be told; 0 if it has none. Symlinks have none as far as clients can see
+    (the xattr operations below answer them ENODATA). As the server sees them, trusted.*
+    included: an object with none has none for every caller."""
+    if stat.S_ISLNK(mode):
+        return 0
+    try:
+        if isinstance(target, int):
+            return 1 if os.listxattr(proc_path(target)) else 0
+        return 1 if os.listxattr(target, follow_symlinks=False) else 0
+    except OSError:  # no xattr support here (ENOTSUP), gone meanwhile: let the client ask
+        return 1
+
+
 def _key(st: Any) -> tuple[int, int]:
     """(st_dev, st_ino) of a stat tuple (the wire's) or an os.stat_result."""
     if isinstance(st, os.stat_result):
@@ -181,6 +196,13 @@ class FileServer:
         self.callbacks.grant(owner, _key(st))
         return st
 
+    def _told_x(self, owner: Hashable, st: os.stat_result, target: int | bytes) -> list[int]:
+        """_told for an answer that names the object: with whether it has extended
+        attributes (fsproto.rpc.ST_XATTRS); *target*: an fd of it (O_PATH too), or a path."""
+        t = stat_tuple(st)
+        t.append(has_xattrs(st.st_mode, target))
+        return self._told(owner, t)
+
     def _dir_changed(self, owner: Hashable, pst: Any, *names: bytes) -> None:
         """Entries of the directory (its attributes *pst*) were added, removed or replaced."""
         self.callbacks.changed(owner, _key(pst), BREAK_ATTR, names)
@@ -265,7 +287,7 @@ class FileServer:
             return self._found(owner, fd)
 
     def _found(self, owner: Hashable, fd: int) -> list[Any]:
-        st = self._told(owner, stat_tuple(os.fstat(fd)))
+        st = self._told_x(owner, os.fstat(fd), fd)
         return [st, self._handle(self.export.handle_of_fd(fd))]
 
     @staticmethod
@@ -417,7 +439,8 @@ class FileServer:
 
     def _made(self, owner: Hashable, pfd: int, name: bytes) -> list[Any]:
         """A new name's answer: its object's attributes, its directory's, its handle."""
-        st = self._told(owner, stat_tuple(os.stat(name, dir_fd=pfd, follow_symlinks=False)))
+        st = self._told_x(owner, os.stat(name, dir_fd=pfd, follow_symlinks=False),
+                          os.fsencode(proc_path(pfd)) + b"/" + name)
         pst = _dir_st(pfd)
         self._dir_changed(owner, pst, name)
         return [st, pst, self._handle_at(pfd, name)]
@@ -486,7 +509,7 @@ class FileServer:
                                kill_privs=self._kills_privs())
         if flags & os.O_TRUNC:
             self._obj_changed(owner, st, BREAK_ATTR | BREAK_DATA)
-        return [hid, self._told(owner, stat_tuple(st))]
+        return [hid, self._told_x(owner, st, fd)]
 
     def open(self, owner: Hashable, path: Any, flags: int) -> list[Any]:
         if not isinstance(path, bytes):  # a handle, or [directory, name]
@@ -615,6 +638,7 @@ class FileServer:
                 cur.pos += 1
         out: list[Any] = []
         used = 0
+        where = os.fsencode(proc_path(h.fd)) + b"/"
         while len(out) < READDIR_MAX_ENTRIES and used < READDIR_MAX_BYTES:
             entry = next(cur.it, None)  # type: ignore[arg-type]
             if entry is None:
@@ -626,7 +650,7 @@ class FileServer:
             except FileNotFoundError:
                 continue
             name = os.fsencode(entry.name)
-            out.append([name, cur.pos, self._told(owner, stat_tuple(st)),
+            out.append([name, cur.pos, self._told_x(owner, st, where + name),
                         self._handle_at(h.fd, name)])
             used += len(name) + 170
         return [out, False]

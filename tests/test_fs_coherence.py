@@ -183,19 +183,54 @@ def test_two_clients_racing_on_the_same_names(tmp_path, transport):
                 assert (b.mnt / "race" / name).read_text() == who
 
 
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_no_xattrs_is_answered_from_memory_until_someone_sets_one(tmp_path, transport):
+    """ls -l, cp -a and getfattr ask every file for extended attributes. A file the server
+    said has none is answered from memory while the promise holds; another client's
+    setxattr breaks it at once, and this client's own setxattr/removexattr forgets it."""
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        fa, fb, real = a.mnt / "f", b.mnt / "f", server.export / "f"
+        fa.write_text("x")
+        os.listdir(b.mnt)  # b learns f (READDIR): it has no extended attributes
+        before = _requests(b)
+        for _ in range(5):
+            assert errno_of(os.getxattr, fb, "user.k") == errno.ENODATA
+            assert os.listxattr(fb) == []
+        assert _requests(b) - before - 2 == 0
+        assert b.stats()["cache"]["xattr_hits"] >= 10
+        os.setxattr(fa, "user.k", b"v")  # another client's: b is told before a returns
+        assert os.getxattr(fb, "user.k") == b"v" and os.listxattr(fb) == ["user.k"]
+        os.removexattr(fb, "user.k")  # b's own
+        assert errno_of(os.getxattr, fa, "user.k") == errno.ENODATA
+        assert os.listxattr(fa) == [] and os.listxattr(fb) == []
+        os.listdir(b.mnt)  # b learns again that f has none...
+        hits = b.stats()["cache"]["xattr_hits"]
+        assert os.listxattr(fb) == [] and b.stats()["cache"]["xattr_hits"] == hits + 1
+        os.setxattr(fb, "user.j", b"w")  # ...and sets one itself
+        assert os.getxattr(fb, "user.j") == b"w" and os.getxattr(fa, "user.j") == b"w"
+        assert os.stat(fb).st_ctime_ns == os.stat(real).st_ctime_ns  # (its ctime moved)
+        os.symlink("f", a.mnt / "link")
+        assert errno_of(lambda: os.getxattr(b.mnt / "link", "user.k", follow_symlinks=False)
+                        ) == errno.ENODATA
+
+
 def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
     """A local process on the server breaks no promise: what the client cached (attributes,
-    a name it knows is absent, even in a directory it made) expires after lease_timeout."""
+    a name it knows is absent, even in a directory it made, "no extended attributes")
+    expires after lease_timeout."""
     with cluster(tmp_path, "mx", clients=1, extra="lease_timeout=1") as (server, (a,)):
         (a.mnt / "d").mkdir()  # made here: every name in it is known absent
         (a.mnt / "f").write_text("x")
         assert stat.S_IMODE(os.stat(a.mnt / "f").st_mode) == 0o644
         assert not (a.mnt / "d" / "local").exists()
+        assert os.listxattr(a.mnt / "f") == []  # (answered from memory: it has none)
         os.chmod(server.export / "f", 0o600)
+        os.setxattr(server.export / "f", "user.local", b"1")
         (server.export / "d" / "local").write_text("made on the server")
         deadline = time.monotonic() + 10
         while (stat.S_IMODE(os.stat(a.mnt / "f").st_mode) != 0o600
-               or not (a.mnt / "d" / "local").exists()):
+               or not (a.mnt / "d" / "local").exists()
+               or os.listxattr(a.mnt / "f") != ["user.local"]):
             assert time.monotonic() < deadline, "a cached copy outlived lease_timeout"
             time.sleep(0.1)
         assert (a.mnt / "d" / "local").read_text() == "made on the server"

@@ -396,6 +396,26 @@ def test_listing_a_directory_costs_one_readdir(fsenv):
         assert sent(m) - before - 2 == 3, path
 
 
+def test_ls_l_asks_the_server_only_about_files_with_xattrs(fsenv):
+    """ls -l asks every entry for its SELinux label and its POSIX ACL (two getxattrs). The
+    READDIR answer says which entries have no extended attribute at all; those are answered
+    from memory. The one file that has one costs its two round trips."""
+    server, m, tmp = fsenv
+    d = m.mnt / "lsl"
+    d.mkdir()
+    for i in range(30):
+        (d / f"f{i:02d}").write_text("x")
+    os.setxattr(d / "f00", "user.k", b"v")
+    before = sent(m)
+    out = sh(f"ls -l {d}").stdout.splitlines()
+    assert len(out) == 31 and all(" f" in line for line in out[1:])
+    assert sent(m) - before - 2 <= 3 + 2
+    before = sent(m)
+    out = sh(f"getfattr -d {d}/f00 {d}/f01").stdout
+    assert sent(m) - before - 2 <= 4  # f00: LISTXATTR and GETXATTR (size, then value); f01: 0
+    assert out.count('user.k="v"') == 1 and "f01" not in out
+
+
 def test_open_unlinked_file_still_readable(fsenv):
     server, m, tmp = fsenv
     f = m.mnt / "ghost"

@@ -136,3 +136,46 @@ def test_an_answer_from_memory_carries_what_is_left_of_its_promise():
     assert le.cached_attrs((7, 20)) == (st(20), 2.5)
     le.made_dir(st(30), g)
     assert le.lookup((7, 30), b"x") == (True, ABSENT, None, 10.0)
+
+
+def test_an_object_said_to_have_no_xattrs_is_answered_from_memory():
+    now = [100.0]
+    le = active(timeout=10, clock=lambda: now[0])
+    plain, tagged, unsaid = st(50) + [0], st(51) + [1], st(52)  # ST_XATTRS: 0, 1, absent
+    for s in (plain, tagged, unsaid):
+        le.put_attrs(s, le.generation)
+    assert le.no_xattrs((7, 50))
+    assert not le.no_xattrs((7, 51)) and not le.no_xattrs((7, 52))
+    assert not le.no_xattrs(None) and not le.no_xattrs((7, 99))
+    assert le.xattr_hits == 1
+    gen = le.generation
+    le.xattrs_changed((7, 50))  # our own setxattr: forgotten, and answers on their way too
+    assert not le.no_xattrs((7, 50))
+    le.put_attrs(plain, gen)  # (an answer sent before the change)
+    assert not le.no_xattrs((7, 50))
+    le.put_attrs(plain, le.generation)
+    le.apply_break([((7, 50), BREAK_ATTR, [])])  # another client changed it
+    assert not le.no_xattrs((7, 50))
+    le.put_attrs(plain, le.generation)
+    now[0] += 11  # the promise's time is up
+    assert not le.no_xattrs((7, 50))
+    le.put_attrs(plain, le.generation)
+    le.reset()
+    assert not le.no_xattrs((7, 50))
+
+
+def test_our_own_changes_keep_no_xattrs_without_stretching_it():
+    """Answers to our own changes carry no ST_XATTRS: they replace the attributes but leave
+    "has none" as it was, with its own expiry (only a setxattr adds one)."""
+    now = [100.0]
+    le = active(timeout=10, clock=lambda: now[0])
+    le.put_attrs(st(50) + [0], le.generation)
+    now[0] += 6
+    le.put_attrs(st(50, size=3), le.generation)  # our write's post-op attributes
+    le.forget((7, 50))  # our chmod on its way
+    assert le.no_xattrs((7, 50))
+    now[0] += 5  # 11 s after the answer that said so, 5 s after our own change
+    assert not le.no_xattrs((7, 50))
+    le.put_attrs(st(50) + [0], le.generation)
+    le.put_attrs(st(50) + [1], le.generation)  # a newer answer says it has some now
+    assert not le.no_xattrs((7, 50))

@@ -11,6 +11,7 @@ import pytest
 from fsproto.rpc import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
+    ST_XATTRS,
     Op,
     decode_reply,
     decode_request,
@@ -20,7 +21,7 @@ from fsproto.rpc import (
 )
 from server.confine import Export
 from server.handles import HandleTable
-from server.ops import FileServer
+from server.ops import FileServer, has_xattrs
 
 A, B = "client-a", "client-b"
 
@@ -224,3 +225,28 @@ def test_statfs_and_unknown_op(fs):
     with pytest.raises(OSError) as ei:
         fs.call(A, Op.GETATTR, [b"a", b"b", b"c"])
     assert ei.value.errno == errno.EINVAL
+
+
+def test_answers_that_name_an_object_say_whether_it_has_xattrs(fs, tmp_path):
+    """LOOKUP, READDIR, CREATE/OPEN and MKDIR/SYMLINK answers carry ST_XATTRS: 0 only when
+    the object has no extended attribute at all (as the server sees it, trusted.* too)."""
+    hid, st, *_ = fs.call(A, Op.CREATE, [b"plain", os.O_RDWR, 0o644])
+    fs.call(A, Op.RELEASE, [hid])
+    assert st[ST_XATTRS] == 0
+    (tmp_path / "tagged").write_bytes(b"")
+    os.setxattr(tmp_path / "tagged", "user.k", b"v")
+    (tmp_path / "secret").write_bytes(b"")
+    os.setxattr(tmp_path / "secret", "trusted.k", b"v")  # hidden from non-root callers
+    os.symlink("plain", tmp_path / "link")
+    st_dir, _, _ = fs.call(A, Op.MKDIR, [b"d", 0o755])
+    assert st_dir[ST_XATTRS] == 0
+    flags = {name: fs.call(A, Op.LOOKUP, [name])[0][ST_XATTRS]
+             for name in (b"plain", b"tagged", b"secret", b"link", b"d")}
+    assert flags == {b"plain": 0, b"tagged": 1, b"secret": 1, b"link": 0, b"d": 0}
+    dh = fs.call(A, Op.OPENDIR, [b""])
+    entries, eof = fs.call(A, Op.READDIR, [dh, 0])
+    assert eof and {e[0]: e[2][ST_XATTRS] for e in entries} == flags
+    hid, st = fs.call(A, Op.OPEN, [b"tagged", os.O_RDONLY])
+    fs.call(A, Op.RELEASE, [hid])
+    assert st[ST_XATTRS] == 1
+    assert has_xattrs(0o100644, b"/nonexistent/x") == 1  # cannot tell: the client asks
