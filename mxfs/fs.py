@@ -68,7 +68,7 @@ from .inodes import ROOT_INODE, InodeTable, StaleInode, stat_key
 from .invalidator import Invalidator
 from .leases import ABSENT, Drop, Key, Leases, key_of
 from .mounttab import STATS_XATTR
-from .openfiles import OpenFiles
+from .openfiles import OpenDir, OpenFiles
 from .options import MountOptions
 from .readdir import DOTS, dots, server_offset
 from .reopen import Reopener
@@ -198,6 +198,13 @@ class MxfsOperations(pyfuse3.Operations):
             self.leases.forget_entry(pkey, name)
         else:
             self.leases.renamed_in(pkey, name, value, self.leases.generation)
+
+    def _names_changed(self, parent: int, pst: StatTuple) -> None:
+        """Our own change of a name in directory *parent*, whose attributes are *pst* now."""
+        self.attrs.changed(parent, pst)
+        pkey = self.leases.key(parent)
+        if pkey is not None:
+            self.leases.names_changed(pkey)
 
     def _cached_ref(self, parent: int, name: bytes) -> Any:
         """(key, handle) of what *name* names as far as the inode table knows, or _UNKNOWN."""
@@ -390,14 +397,14 @@ class MxfsOperations(pyfuse3.Operations):
                     ctx: Any) -> EntryAttributes:
         st, pst, fh = await self.rpc.call(Op.MKNOD, self._child(parent_inode, name), mode, rdev,
                                           cred=self._cred(ctx))
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> EntryAttributes:
         st, pst, fh = await self.rpc.call(Op.MKDIR, self._child(parent_inode, name), mode,
                                           cred=self._cred(ctx))
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         if self._trusted():  # new, so empty: a name in it is absent until we make it
             self.leases.made_dir(st, self.leases.generation)
         return self._learn(parent_inode, name, st, fh)
@@ -407,7 +414,7 @@ class MxfsOperations(pyfuse3.Operations):
                       ctx: Any) -> EntryAttributes:
         st, pst, fh = await self.rpc.call(Op.SYMLINK, self._child(parent_inode, name), target,
                                           cred=self._cred(ctx))
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         return self._learn(parent_inode, name, st, fh)
 
     @_guard
@@ -416,14 +423,14 @@ class MxfsOperations(pyfuse3.Operations):
         st, pst, fh = await self.rpc.call(Op.LINK, self._ref(inode),
                                           self._child(new_parent_inode, new_name),
                                           cred=self._cred(ctx))
-        self.attrs.changed(new_parent_inode, pst)
+        self._names_changed(new_parent_inode, pst)
         return self._learn(new_parent_inode, new_name, st, fh)
 
     @_guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         pst = await self.rpc.call(Op.UNLINK, self._child(parent_inode, name),
                                   cred=self._cred(ctx))
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         self._forget_after(parent_inode, name)  # its link count just dropped
         self._name_changed(parent_inode, name, ABSENT)
         self.inodes.removed(parent_inode, name)
@@ -432,7 +439,7 @@ class MxfsOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         pst = await self.rpc.call(Op.RMDIR, self._child(parent_inode, name),
                                   cred=self._cred(ctx))
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         self._forget_after(parent_inode, name)
         self._name_changed(parent_inode, name, ABSENT)
         self.inodes.removed(parent_inode, name)
@@ -448,8 +455,8 @@ class MxfsOperations(pyfuse3.Operations):
         spst, dpst = await self.rpc.call(Op.RENAME, self._child(parent_inode_old, name_old),
                                          self._child(parent_inode_new, name_new), wire,
                                          cred=self._cred(ctx))
-        self.attrs.changed(parent_inode_old, spst)
-        self.attrs.changed(parent_inode_new, dpst)
+        self._names_changed(parent_inode_old, spst)
+        self._names_changed(parent_inode_new, dpst)
         self._forget_after(parent_inode_new, name_new)  # a replaced file lost a link
         self._forget_after(parent_inode_old, name_old)  # the moved one: its ctime
         if wire & RENAME_EXCHANGE:
@@ -508,7 +515,7 @@ class MxfsOperations(pyfuse3.Operations):
         cred = self._cred(ctx)
         hid, st, pst, created, fh = await self.rpc.call(
             Op.CREATE, self._child(parent_inode, name), flags, mode, cred=cred)
-        self.attrs.changed(parent_inode, pst)
+        self._names_changed(parent_inode, pst)
         entry = self._learn(parent_inode, name, st, fh)
         if created:  # a new file has no capability xattr: the first write needn't ask
             self.no_cap.remember(entry.st_ino)
@@ -571,14 +578,12 @@ class MxfsOperations(pyfuse3.Operations):
             if not buf.entries:
                 if buf.eof:
                     return
-                d.gen = self.leases.generation
-                entries, eof = await self.reopen.call(d, Op.READDIR, server_offset(start_id))
-                buf.add(start_id, entries, eof)
+                await self._fetch_entries(d, start_id)
                 if not buf.entries:
                     return
             while buf.entries:
                 e = buf.entries[0]
-                entry = self._learn(d.ino, e.name, e.st, e.fh, d.gen)
+                entry = self._learn(d.ino, e.name, e.st, e.fh, d.gen, e.left)
                 if not pyfuse3.readdir_reply(token, e.name, entry, e.next):
                     self.inodes.forget(entry.st_ino, 1)
                     return
@@ -586,6 +591,34 @@ class MxfsOperations(pyfuse3.Operations):
                 start_id = e.next
             if buf.eof:
                 return
+
+    async def _fetch_entries(self, d: OpenDir, start: int) -> None:
+        """Entries from *start* on into the directory's buffer: from memory when the whole
+        directory was listed before and nothing of it changed since, else from the server
+        (a listing fetched whole, first batch to last, is remembered)."""
+        dkey = self.leases.key(d.ino)
+        if start == DOTS:
+            listing = self.leases.listing(dkey)
+            if listing is not None:
+                d.buffer.add_listing(listing)
+                return
+            d.collected = [] if dkey is not None else None
+            d.mark = self.leases.listing_mark()
+        d.gen = self.leases.generation
+        entries, eof = await self.reopen.call(d, Op.READDIR, server_offset(start))
+        d.buffer.add(start, entries, eof)
+        got = d.collected
+        if got is None or dkey is None or server_offset(start) != len(got):
+            d.collected = None  # not from the first entry on, or a seek: not a whole listing
+            return
+        for name, nxt, st, fh in entries:
+            if nxt != len(got) + 1:  # the server skipped one that vanished meanwhile
+                d.collected = None
+                return
+            got.append((name, key_of(st), fh))
+        if eof:
+            self.leases.put_listing(dkey, got, d.mark)
+            d.collected = None
 
     def _dot_entry(self, ino: int) -> EntryAttributes:
         """Attributes for "." / "..": the kernel takes only the inode number and type from

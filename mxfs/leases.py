@@ -11,6 +11,7 @@ object key (st_dev, st_ino):
     entries   (directory key, name) -> (key, handle)  (lookup answered from memory)
               or ABSENT (a name that does not exist: a negative lookup)
     inodes    key -> FUSE inode number                (to tell the kernel what to drop)
+    listings  directory key -> its names in order     (readdir answered from memory)
 
 and gives the kernel long timeouts (`timeout`) for what it answers under a promise. Objects
 the server said have no extended attributes at all (fsproto.rpc.ST_XATTRS) are remembered
@@ -25,6 +26,11 @@ A BREAK names keys (and a directory's names): `apply_break` drops them here and 
 kernel invalidations to make (`Drop`): the caller runs them off the FUSE request path and then
 acknowledges the BREAK. `reset` (connection lost or new: the promises are void) drops all and
 returns invalidations for everything the kernel may hold with a long timeout.
+
+A listing is kept when a readdir fetched a whole directory, first READDIR to last, with no
+BREAK and no change of our own in between; it is answered from memory while every entry's
+attributes are still cached (a BREAK on one of them drops those: the next listing asks the
+server again). A BREAK on the directory, or our own change of a name in it, drops it.
 
 Changes made on the server's disk by local processes, not through mxfs, break no promise:
 every cached item therefore also expires after `timeout` (the kernel's copies too), which is
@@ -79,9 +85,15 @@ class Leases:
         self._keys: dict[int, Key] = {}  # FUSE inode -> key
         self._complete: dict[Key, float] = {}  # directories whose every name is in _entries
         self._no_xattrs: OrderedDict[Key, float] = OrderedDict()  # key -> until
+        # directory key -> ([(name, key, handle)...] in server order, until)
+        self._listings: OrderedDict[Key, tuple[list[tuple[bytes, Key, Any]], float]] = (
+            OrderedDict())
+        self._listed = 0  # entries in _listings (bounded by max_entries)
+        self.own_changes = 0  # our own changes of names, anywhere (listing_mark)
         self.hits = 0
         self.misses = 0
         self.xattr_hits = 0  # getxattr/listxattr answered "none" from memory
+        self.listing_hits = 0  # readdirs answered from memory
         self.breaks = 0
         self.resets = 0
         self.kernel_drops = 0
@@ -181,6 +193,55 @@ class Leases:
         self.xattr_hits += 1
         return True
 
+    def listing_mark(self) -> tuple[int, int]:
+        """Taken before a directory's first READDIR: put_listing keeps what was fetched only
+        if it is still the same at the last (no BREAK, no change of ours, meanwhile)."""
+        return self.generation, self.own_changes
+
+    def put_listing(self, dir_key: Key, entries: list[tuple[bytes, Key, Any]],
+                    mark: tuple[int, int]) -> None:
+        """A whole directory fetched from the server: (name, key, handle) in its order."""
+        if not self.enabled or mark != self.listing_mark() or len(entries) > self.max_entries // 4:
+            return
+        self._drop_listing(dir_key)
+        self._listings[dir_key] = (entries, self._clock() + self.timeout)
+        self._listed += len(entries)
+        while self._listed > self.max_entries:
+            old, (gone, _) = self._listings.popitem(last=False)
+            self._listed -= len(gone)
+
+    def listing(self, dir_key: Key | None) -> list[tuple[bytes, StatTuple, Any, float]] | None:
+        """The directory's entries, in order, as (name, attributes, handle, seconds left of
+        the shortest promise that answer rests on), or None: not listed, or some entry's
+        attributes are not cached any more (then the server is asked)."""
+        got = self._listings.get(dir_key) if self.enabled and dir_key is not None else None
+        if got is None:
+            return None
+        entries, until = got
+        now = self._clock()
+        out: list[tuple[bytes, StatTuple, Any, float]] = []
+        if until > now:
+            attrs = self._attrs
+            for name, key, fh in entries:
+                a = attrs.get(key)
+                if a is None or a[1] <= now:
+                    return None
+                out.append((name, a[0], fh, min(until, a[1]) - now))
+            self.listing_hits += 1
+            return out
+        self._drop_listing(dir_key)
+        return None
+
+    def names_changed(self, dir_key: Key) -> None:
+        """Our own change of a name in the directory: its listing is old."""
+        self.own_changes += 1
+        self._drop_listing(dir_key)
+
+    def _drop_listing(self, dir_key: Key) -> None:
+        got = self._listings.pop(dir_key, None)
+        if got is not None:
+            self._listed -= len(got[0])
+
     def lookup(self, dir_key: Key, name: bytes) -> tuple[bool, Any, StatTuple | None, float]:
         """(known, value, attributes, seconds left) for *name* in *dir_key*: value is
         (key, handle), or ABSENT for a name known not to exist; the attributes of what it
@@ -246,6 +307,7 @@ class Leases:
             self._attrs.pop(key, None)
             self._no_xattrs.pop(key, None)
             self._complete.pop(key, None)
+            self._drop_listing(key)
             ino = self._inodes.get(key)
             if ino is not None:
                 drops.append(Drop(ino, attr_only=not flags & (BREAK_DATA | BREAK_ALL)))
@@ -271,6 +333,8 @@ class Leases:
                 drops += [Drop(ino, name=n) for n in sorted(names)]
         self._attrs.clear()
         self._no_xattrs.clear()
+        self._listings.clear()
+        self._listed = 0
         self._entries.clear()
         self._names.clear()
         self._complete.clear()
@@ -279,6 +343,7 @@ class Leases:
 
     def statistics(self) -> dict[str, int]:
         return {"active": int(self.enabled), "hits": self.hits, "misses": self.misses,
-                "xattr_hits": self.xattr_hits,
+                "xattr_hits": self.xattr_hits, "listing_hits": self.listing_hits,
                 "breaks": self.breaks, "resets": self.resets, "kernel_drops": self.kernel_drops,
-                "attrs": len(self._attrs), "entries": len(self._entries)}
+                "attrs": len(self._attrs), "entries": len(self._entries),
+                "listed": self._listed}

@@ -18,6 +18,7 @@ import errno
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -60,6 +61,9 @@ class OpenDir:
     cred: Cred | None = None
     buffer: DirBuffer = field(default_factory=DirBuffer)
     gen: int = -1  # the callback generation before its buffered entries were fetched
+    # a whole listing being fetched, batch by batch from the first (leases.put_listing)
+    collected: list[Any] | None = None
+    mark: tuple[int, int] = (-1, -1)
 
 
 class OpenFiles:

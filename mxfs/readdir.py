@@ -9,7 +9,8 @@ offset of the one after it. A readdir that goes on from the first entry kept is 
 here; any other offset (a seek, a rewind) drops what does not follow from it, and all of it
 when nothing does. Once the server said the directory ends, a readdir from where it ends
 (the kernel always asks once more, to see the end) is answered from here too: no round trip. Offsets 1 and 2 are "." and ".." (`dots`), so the server's offsets are
-shifted by DOTS. Pure: no I/O.
+shifted by DOTS. A directory listed whole before can be put here from the client's memory
+(`add_listing`, leases.py): its offsets are the same ordinals the server uses. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Entry(NamedTuple):
     next: int  # the offset of the entry after it
     st: StatTuple
     fh: Any  # the server's handle of it (None: named by path)
+    left: float | None = None  # from memory: seconds left of the promise it rests on
 
 
 def dots(start: int, ino: int, parent: int) -> list[tuple[bytes, int, int]]:
@@ -65,3 +67,11 @@ class DirBuffer:
             own = nxt + DOTS
         self.eof = bool(eof)
         self.end = own
+
+    def add_listing(self, listing: list[tuple[bytes, Any, Any, float]]) -> None:
+        """A whole directory from memory, from its first entry: (name, stat, handle, seconds
+        left) each."""
+        self.entries = [Entry(DOTS + i, name, DOTS + i + 1, st, fh, left)
+                        for i, (name, st, fh, left) in enumerate(listing)]
+        self.eof = True
+        self.end = DOTS + len(listing)

@@ -11,7 +11,7 @@ import stat
 import time
 
 import pytest
-from conftest_fs import cluster, errno_of, needs_fuse
+from conftest_fs import cluster, errno_of, needs_fuse, sh
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -214,9 +214,43 @@ def test_no_xattrs_is_answered_from_memory_until_someone_sets_one(tmp_path, tran
                         ) == errno.ENODATA
 
 
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_a_remembered_listing_shows_the_other_clients_changes_at_once(tmp_path, transport):
+    """b lists a directory from memory while nothing in it changed; a's create, unlink,
+    rename, chmod and write there are in b's very next listing (ls -l for the attributes)."""
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        da, db = a.mnt / "d", b.mnt / "d"
+        da.mkdir()
+        for i in range(5):
+            (da / f"f{i}").write_text("x")
+        names = {f"f{i}" for i in range(5)}
+        assert set(os.listdir(db)) == names
+        hits = b.stats()["cache"]["listing_hits"]
+        assert set(os.listdir(db)) == names
+        assert b.stats()["cache"]["listing_hits"] == hits + 1
+        (da / "new").write_text("n")
+        assert set(os.listdir(db)) == names | {"new"}
+        os.unlink(da / "f0")
+        assert set(os.listdir(db)) == names - {"f0"} | {"new"}
+        os.rename(da / "f1", da / "g1")
+        assert set(os.listdir(db)) == names - {"f0", "f1"} | {"new", "g1"}
+        os.chmod(da / "f2", 0o600)
+        (da / "f3").write_text("eleven long")
+
+        def ls_l() -> dict[str, list[str]]:
+            rows = [line.split() for line in sh(f"ls -l {db}").stdout.splitlines()[1:]]
+            return {r[-1]: r for r in rows}
+
+        rows = ls_l()
+        assert rows["f2"][0] == "-rw-------" and rows["f3"][4] == "11"
+        assert ls_l() == rows  # (from memory again)
+        assert b.stats()["cache"]["listing_hits"] >= hits + 2
+
+
 def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
     """A local process on the server breaks no promise: what the client cached (attributes,
-    a name it knows is absent, even in a directory it made, "no extended attributes")
+    a name it knows is absent, even in a directory it made, "no extended attributes", a
+    directory's listing)
     expires after lease_timeout."""
     with cluster(tmp_path, "mx", clients=1, extra="lease_timeout=1") as (server, (a,)):
         (a.mnt / "d").mkdir()  # made here: every name in it is known absent
@@ -224,13 +258,15 @@ def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
         assert stat.S_IMODE(os.stat(a.mnt / "f").st_mode) == 0o644
         assert not (a.mnt / "d" / "local").exists()
         assert os.listxattr(a.mnt / "f") == []  # (answered from memory: it has none)
+        assert os.listdir(a.mnt / "d") == os.listdir(a.mnt / "d") == []  # (then from memory)
         os.chmod(server.export / "f", 0o600)
         os.setxattr(server.export / "f", "user.local", b"1")
         (server.export / "d" / "local").write_text("made on the server")
         deadline = time.monotonic() + 10
         while (stat.S_IMODE(os.stat(a.mnt / "f").st_mode) != 0o600
                or not (a.mnt / "d" / "local").exists()
-               or os.listxattr(a.mnt / "f") != ["user.local"]):
+               or os.listxattr(a.mnt / "f") != ["user.local"]
+               or os.listdir(a.mnt / "d") != ["local"]):
             assert time.monotonic() < deadline, "a cached copy outlived lease_timeout"
             time.sleep(0.1)
         assert (a.mnt / "d" / "local").read_text() == "made on the server"

@@ -416,6 +416,53 @@ def test_ls_l_asks_the_server_only_about_files_with_xattrs(fsenv):
     assert out.count('user.k="v"') == 1 and "f01" not in out
 
 
+def test_listing_again_costs_no_readdir(fsenv):
+    """A directory listed whole before (here over two READDIR batches), with nothing in it
+    changed since, is listed from memory: OPENDIR and a RELEASE that waits for no answer.
+    This client's own changes of its names or of an entry are in the next listing."""
+    server, m, tmp = fsenv
+    d = m.mnt / "relisted"
+    d.mkdir()
+    for i in range(600):
+        (d / f"f{i:03d}").touch()
+    first = set(os.listdir(d))
+    assert len(first) == 600
+    before = sent(m)
+    assert set(os.listdir(d)) == first
+    assert sent(m) - before - 2 == 2
+    (d / "new").touch()
+    assert set(os.listdir(d)) == first | {"new"}
+    os.unlink(d / "f000")
+    assert set(os.listdir(d)) == first - {"f000"} | {"new"}
+    os.rename(d / "f001", d / "g001")
+    assert set(os.listdir(d)) == first - {"f000", "f001"} | {"new", "g001"}
+    os.chmod(d / "f002", 0o600)
+    (d / "f003").write_text("four")
+    rows = {r.split()[-1]: r.split() for r in sh(f"ls -l {d}").stdout.splitlines()[1:]}
+    assert rows["f002"][0] == "-rw-------" and rows["f003"][4] == "4"
+    assert set(os.listdir(server.export / "relisted")) == set(rows)
+
+
+def test_unlinking_while_a_big_directory_is_read_leaves_no_stale_listing(fsenv):
+    """find -delete style: entries are unlinked between the batches of one read of the
+    directory. What that read saw must not be remembered as the directory's listing."""
+    server, m, tmp = fsenv
+    d = m.mnt / "deleting"
+    d.mkdir()
+    for i in range(700):
+        (d / f"f{i:03d}").touch()
+    seen = []
+    with os.scandir(d) as it:
+        for entry in it:
+            seen.append(entry.name)
+            if len(seen) % 2:
+                os.unlink(entry.path)
+    assert len(seen) == 700
+    left = set(os.listdir(server.export / "deleting"))
+    assert len(left) == 350
+    assert set(os.listdir(d)) == left and set(os.listdir(d)) == left
+
+
 def test_open_unlinked_file_still_readable(fsenv):
     server, m, tmp = fsenv
     f = m.mnt / "ghost"

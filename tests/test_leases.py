@@ -179,3 +179,62 @@ def test_our_own_changes_keep_no_xattrs_without_stretching_it():
     le.put_attrs(st(50) + [0], le.generation)
     le.put_attrs(st(50) + [1], le.generation)  # a newer answer says it has some now
     assert not le.no_xattrs((7, 50))
+
+
+def _listed(le: Leases, dir_key, n: int, mark=None) -> None:
+    for i in range(n):
+        le.put_attrs(st(100 + i) + [0], le.generation)
+    le.put_listing(dir_key, [(b"n%d" % i, (7, 100 + i), None) for i in range(n)],
+                   le.listing_mark() if mark is None else mark)
+
+
+def test_a_whole_listing_is_answered_from_memory_while_nothing_in_it_changed():
+    now = [100.0]
+    le = active(timeout=10, clock=lambda: now[0])
+    d = (7, 1)
+    _listed(le, d, 3)
+    got = le.listing(d)
+    assert [(name, s[1], left) for name, s, _, left in got] == \
+        [(b"n0", 100, 10.0), (b"n1", 101, 10.0), (b"n2", 102, 10.0)]
+    le.names_changed(d)  # our own create/unlink/rename in it
+    assert le.listing(d) is None
+    _listed(le, d, 3)
+    le.apply_break([((7, 101), BREAK_ATTR, [])])  # another client changed an entry
+    assert le.listing(d) is None  # (its attributes are not cached: ask the server)
+    now[0] += 4
+    le.put_attrs(st(101), le.generation)  # asked again: good for 10 s, the listing for 6
+    assert [left for *_, left in le.listing(d)] == [6.0, 6.0, 6.0]
+    le.apply_break([(d, BREAK_ATTR, [b"n1"])])  # a name in it changed
+    assert le.listing(d) is None
+    _listed(le, d, 3)
+    now[0] += 10
+    assert le.listing(d) is None  # expired
+    _listed(le, d, 3)
+    le.reset()
+    assert le.listing(d) is None and le.listing_hits == 2
+
+
+def test_a_listing_that_crossed_a_break_or_our_own_change_is_not_kept():
+    le = active()
+    d = (7, 1)
+    mark = le.listing_mark()
+    le.apply_break([((7, 999), BREAK_ATTR, [])])
+    _listed(le, d, 2, mark)
+    assert le.listing(d) is None
+    mark = le.listing_mark()
+    le.names_changed((7, 2))  # (any directory)
+    _listed(le, d, 2, mark)
+    assert le.listing(d) is None
+    _listed(le, d, 2)
+    assert len(le.listing(d)) == 2
+    assert Leases().listing(d) is None  # no callbacks: nothing kept
+
+
+def test_listings_stay_within_max_entries():
+    le = active(max_entries=40)
+    for k in range(10):
+        _listed(le, (7, k), 8)  # 80 entries asked for, 40 allowed
+    assert le.statistics()["listed"] <= 40
+    assert le.listing((7, 9)) is not None and le.listing((7, 0)) is None
+    _listed(le, (7, 20), 11)  # more than a quarter of the bound: not kept at all
+    assert le.listing((7, 20)) is None

@@ -78,3 +78,14 @@ def test_the_end_is_not_known_before_eof() -> None:
     buf.entries.clear()
     buf.rewind(12)
     assert not buf.eof
+
+
+def test_a_listing_from_memory_uses_the_servers_ordinals() -> None:
+    buf = DirBuffer()
+    buf.add_listing([(b"a", ST, None, 5.0), (b"b", ST, "fh", 4.0)])
+    assert [(e.own, e.name, e.next, e.fh, e.left) for e in buf.entries] == \
+        [(2, b"a", 3, None, 5.0), (3, b"b", 4, "fh", 4.0)]
+    assert buf.eof and buf.end == 4
+    fetched = DirBuffer()  # the same directory from the server: offsets agree
+    fetched.add(2, _batch((b"a", 1), (b"b", 2)), eof=True)
+    assert [(e.own, e.next) for e in fetched.entries] == [(2, 3), (3, 4)]
