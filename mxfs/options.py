@@ -36,7 +36,7 @@ class MountOptions:
     debug: bool = False
     checksum: bool = False  # xxh3-64 of every READ and WRITE payload, checked where it lands
     lease_timeout: float = 10.0  # cache lifetime while the server keeps callbacks (0: off)
-    cache_max: int = 65536  # attributes, and names, the client keeps in memory (each)
+    cache_max: int = 65536  # attributes, names, listed entries the client keeps (each)
 
     @property
     def server(self) -> str:
