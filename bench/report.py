@@ -14,7 +14,7 @@ WORKLOAD_TITLES = {
     "cpu": "CPU spent by the client and server processes (children included): seconds per GiB moved (sequential write and read), µs per operation (4 KiB random read; create, stat, unlink)",
     "randread": "Random read 4 KiB, queue depth 1, O_DIRECT (file warm on the server side)",
     "meta": "Metadata: create, stat, unlink of N empty files (one process)",
-    "tree": "Tree: untar + du + find + cp -r + rm -rf of a 1000-file tree",
+    "tree": "Tree: untar + du + find + cp -r + rm -rf of a 1000-file tree (the total); ls -lR of it beside, not in the total",
     "scaling": "Aggregate read throughput with N reader processes (own cold file each)",
     "filesize": "Read throughput by file size (cold; files read one after another)",
 }
@@ -330,7 +330,7 @@ def plots(agg, peers: list[str], out: Path, subtitle: str) -> list[Path]:
         save(fig, "randread.png")
 
     for w, groups in (("meta", [["create", "stat", "unlink"], ["total"]]),
-                      ("tree", [["untar", "du", "find", "cp -r", "rm -r"], ["total"]])):
+                      ("tree", [["untar", "du", "find", "ls -lR", "cp -r", "rm -r"], ["total"]])):
         ks = _keys_of(agg, w)
         if not ks:
             continue
