@@ -230,6 +230,17 @@ def format_stats(d: dict[str, Any]) -> str:
                          f"{s.get('served_inline')} / {s.get('served_in_task')}"))
         for name, value in rows:
             lines.append(f"    {name:<28}{value}")
+    c = d.get("cache") or {}
+    if c.get("active"):
+        lines.append("  answered from memory (callbacks):")
+        for name, value in (
+                ("lookups and getattrs", f"{c.get('hits')} (asked: {c.get('misses')})"),
+                ("xattrs known absent", c.get("xattr_hits")),
+                ("directory listings", c.get("listing_hits")),
+                ("breaks / resets", f"{c.get('breaks')} / {c.get('resets')}"),
+                ("cached attrs/names/listed", f"{c.get('attrs')} / {c.get('entries')} / "
+                                                  f"{c.get('listed')}")):
+            lines.append(f"    {name:<28}{value}")
     return "\n".join(lines)
 
 

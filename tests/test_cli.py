@@ -55,6 +55,11 @@ def test_format_stats():
                         "client": {"payload_bytes_copied": 0, "copies_per_byte": 0.0},
                         "server_side": {"error": "down"}})
     assert "payload bytes copied" in out and "unavailable" in out
+    assert "from memory" not in out  # no callbacks: no such section
+    out = format_stats({"cache": {"active": 1, "hits": 7, "misses": 2, "xattr_hits": 40,
+                                  "listing_hits": 3, "breaks": 1, "resets": 0, "attrs": 9,
+                                  "entries": 8, "listed": 5}})
+    assert "7 (asked: 2)" in out and "xattrs known absent" in out and "9 / 8 / 5" in out
 
 
 def _run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
