@@ -79,7 +79,12 @@ import mxnet
 #    [directory handle or path, name]; paths (bytes) are still understood
 # 6: callbacks: PING tells "callbacks"; the server sends BREAK messages, the client answers
 #    each with a BREAK_ACK (see "Callbacks" above)
+#    Within 6, additions a peer of the same version may lack (PING tells the server's):
+#    stat tuples may carry ST_XATTRS; "open_ahead": an OPEN may carry a third argument,
+#    bytes wanted from the file's start: its answer is then [handle, stat, n], and n >= 0
+#    says an RDATA message of the request's id (as a READ's answer) brings them
 PROTOCOL_VERSION = 6
+OPEN_AHEAD_MAX = 128 * 1024  # the most an OPEN brings of its file
 
 KIND_SHIFT = 56
 KIND_MASK = 0xFF << KIND_SHIFT

@@ -40,6 +40,7 @@ import contextvars
 import errno
 import functools
 import logging
+import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -68,6 +69,7 @@ from .inodes import ROOT_INODE, InodeTable, StaleInode, stat_key
 from .invalidator import Invalidator
 from .leases import ABSENT, Drop, Key, Leases, key_of
 from .mounttab import STATS_XATTR
+from .openahead import OpenAhead
 from .openfiles import OpenDir, OpenFiles
 from .options import MountOptions
 from .readdir import DOTS, dots, server_offset
@@ -127,6 +129,7 @@ class MxfsOperations(pyfuse3.Operations):
         self.reopen = Reopener(rpc, self.inodes)
         self.attrs = PostOpAttrs(opts.attr_timeout)
         self.no_cap = NoCapability(opts.attr_timeout)
+        self.ahead = OpenAhead()  # files' first bytes, brought by their OPEN
         self.writer = Writer(rpc, self.files, self.reopen, self.attrs)
         self.callers = Callers()
         self.initialized = trio.Event()
@@ -157,11 +160,13 @@ class MxfsOperations(pyfuse3.Operations):
         if key is None:
             self.attrs.clear()
             self.no_cap.clear()
+            self.ahead.changed(None)
             return
         ino = self.leases.inode(key)
         if ino is not None:
             self.attrs.forget(ino)
             self.no_cap.forget(ino)
+            self.ahead.changed(ino)
 
     def _kernel_names(self) -> list[Drop]:
         """Every name the kernel may hold with a long timeout (for a reset)."""
@@ -361,6 +366,8 @@ class MxfsOperations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None,
                       ctx: Any) -> EntryAttributes:
         self.attrs.forget(inode)  # (a setattr that fails half-way leaves them old)
+        if fields.update_size:
+            self.ahead.changed(inode)
         await self.writer.settle_inode(inode)
         atime = attr.st_atime_ns if fields.update_atime else None
         mtime = attr.st_mtime_ns if fields.update_mtime else None
@@ -501,13 +508,27 @@ class MxfsOperations(pyfuse3.Operations):
                                self.writer.werr.sample(ino))
         # the kernel's cached pages are the file's as long as a promise covered them: any
         # change elsewhere broke it, and the break dropped them (invalidator.py)
-        return FileInfo(fh=f.fh, keep_cache=not changed and not patchy and self._trusted())
+        keep = not changed and not patchy and self._trusted()
+        if not keep:
+            self.ahead.changed(ino)  # its pages go: older OPENs' bytes of it may be old too
+        return FileInfo(fh=f.fh, keep_cache=keep)
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
         cred = self._cred(ctx)
-        hid, st = await self.rpc.call(Op.OPEN, self._ref(inode), flags, cred=cred)
-        return self._opened(inode, flags, hid, st, cred)
+        want = 0
+        if (self.rpc.opens_ahead and self.leases.enabled and not self.rpc.checksum
+                and flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_TRUNC):
+            node = self.inodes.find(inode)
+            want = self.ahead.want(inode, node.size if node is not None else -1)
+        if not want:
+            hid, st = await self.rpc.call(Op.OPEN, self._ref(inode), flags, cred=cred)
+            return self._opened(inode, flags, hid, st, cred)
+        hid, st, data = await self.rpc.open_ahead(self._ref(inode), flags, want, cred)
+        fi = self._opened(inode, flags, hid, st, cred)
+        if data is not None:
+            self.ahead.keep(fi.fh, inode, data, want, st[St.SIZE])
+        return fi
 
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -524,13 +545,18 @@ class MxfsOperations(pyfuse3.Operations):
     @_guard
     async def read(self, fh: int, off: int, size: int) -> Any:
         f = self.files.file(fh)
-        await self.writer.settle_inode(f.ino)
-        return await self.reopen.retry(
-            f, lambda hid, epoch: self.rpc.read(hid, off, size, epoch=epoch))
+        got = self.ahead.take(fh, off, size)
+        if got is None:
+            await self.writer.settle_inode(f.ino)
+            got = await self.reopen.retry(
+                f, lambda hid, epoch: self.rpc.read(hid, off, size, epoch=epoch))
+        self.ahead.kernel_has(f.ino)
+        return got
 
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self.files.file(fh)
+        self.ahead.changed(f.ino)
         if off % PAGE_SIZE:  # (a sequential writer's unaligned block ends show up here)
             self.inodes.get(f.ino).partial_pages = True
         return await self.writer.write(f, off, buf)
@@ -542,6 +568,7 @@ class MxfsOperations(pyfuse3.Operations):
 
     @_guard
     async def release(self, fh: int) -> None:
+        self.ahead.drop(fh)
         f = self.files.get(fh)
         if f is None:
             return
@@ -646,7 +673,8 @@ class MxfsOperations(pyfuse3.Operations):
         if inode == ROOT_INODE and name == STATS_XATTR:
             return (await stats_json(self.rpc, self.opts.host, len(self.files),
                                      self.writer.werr, len(self.inodes),
-                                     self.invalidator.statistics(),
+                                     {**self.invalidator.statistics(),
+                                      **self.ahead.statistics()},
                                      self.readers.handoffs if self.readers else 0)).encode()
         if (name == CAPABILITY and self.no_cap.known(inode)) or \
                 self.leases.no_xattrs(self.leases.key(inode)):

@@ -261,7 +261,8 @@ class FileServer:
 
     # -- metadata ------------------------------------------------------------------------------
     def ping(self, owner: Hashable) -> dict[str, Any]:
-        return {"version": PROTOCOL_VERSION, "verifier": self.verifier, "callbacks": True}
+        return {"version": PROTOCOL_VERSION, "verifier": self.verifier, "callbacks": True,
+                "open_ahead": True}
 
     def statfs(self, owner: Hashable) -> list[int]:
         s = os.fstatvfs(self.export.root_fd)

@@ -36,6 +36,7 @@ from fsproto.rpc import (
     KIND_MASK,
     KIND_SHIFT,
     MAX_READ,
+    OPEN_AHEAD_MAX,
     POSTED,
     READ_HDR,
     REQ_BUF_SIZE,
@@ -175,6 +176,10 @@ class Service:
             self.requests += 1
             self._send_read(st.source, st.match & RID_MASK, *plan)
             return True
+        if op == Op.OPEN and len(args) == 3:
+            self.requests += 1
+            self._open_ahead(st.source, st.match & RID_MASK, cred, args)
+            return True
         if op == Op.FSYNC or (op == Op.WRITE and (len(args) not in (3, 4)
                                                   or len(inline) != args[2])):
             return False
@@ -184,6 +189,31 @@ class Service:
         self._answer(st.source, st.match & RID_MASK, op, lambda: self._sync_call(
             st.source, op, cred, args, inline))
         return True
+
+    def _open_ahead(self, peer: Any, rid: int, cred: Any, args: list[Any]) -> None:
+        """An OPEN that wants the file's first bytes too (args[2], at most OPEN_AHEAD_MAX):
+        if they are in the page cache they follow the answer as one RDATA message, exactly
+        as a READ's would (zero copy on mx), and the answer says how many ([hid, stat, n]).
+        Cold pages are not waited for: the client READs them as usual."""
+        path, flags, ahead = args
+        plan = None
+        try:
+            result = self.fs.serve(peer, Op.OPEN, cred, [path, flags])
+            err = 0
+        except Exception as e:
+            result, err = None, self._errno(Op.OPEN, peer, e)
+        if err:
+            self._reply(peer, rid, Op.OPEN, err, None)
+            return
+        if type(ahead) is int and ahead > 0 and flags & os.O_ACCMODE != os.O_WRONLY \
+                and not flags & os.O_TRUNC:
+            plan = self._read_plan(peer, [result[0], 0, min(ahead, OPEN_AHEAD_MAX)])
+            if plan is not None and plan[3]:
+                plan = None  # (no data, no error: the client's READ meets it)
+        result = [*result, plan[2] if plan is not None else -1]
+        self._reply(peer, rid, Op.OPEN, err, result)
+        if plan is not None:
+            self._send_read(peer, rid, *plan)
 
     def _sync_call(self, peer: Any, op: int, cred: Any, args: list[Any],
                    inline: memoryview) -> Any:

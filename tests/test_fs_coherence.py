@@ -247,6 +247,45 @@ def test_a_remembered_listing_shows_the_other_clients_changes_at_once(tmp_path, 
         assert b.stats()["cache"]["listing_hits"] >= hits + 2
 
 
+@pytest.mark.parametrize("transport", ["mx", "gm"])
+def test_what_an_open_brought_is_not_read_after_the_file_changed(tmp_path, transport):
+    """b's OPEN brings the file's first bytes; b reads only after a rewrote the file, or
+    after b itself wrote or truncated it through another descriptor: each read sees the
+    new bytes, not what the OPEN brought."""
+    with cluster(tmp_path, transport, clients=2) as (server, (a, b)):
+        (a.mnt / "f").write_bytes(b"old" * 100)
+        os.listdir(b.mnt)
+        asked = b.stats()["cache"]["ahead_asked"]
+        fd = os.open(b.mnt / "f", os.O_RDONLY)
+        try:
+            assert b.stats()["cache"]["ahead_held"] == 300  # it came with the open
+            (a.mnt / "f").write_bytes(b"new" * 100)  # a's close: b is told first
+            assert os.pread(fd, 300, 0) == b"new" * 100
+        finally:
+            os.close(fd)
+        # files b never read (its kernel has no pages of them: its OPEN asks), read with
+        # O_DIRECT (every read is a READ; the kernel's pages would answer a buffered one)
+        (a.mnt / "g").write_bytes(b"old" * 100)
+        (a.mnt / "h").write_bytes(b"old" * 100)
+        os.listdir(b.mnt)
+        fd = os.open(b.mnt / "g", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert b.stats()["cache"]["ahead_held"] == 300
+            with open(b.mnt / "g", "r+b") as w:
+                w.write(b"own")
+            assert os.pread(fd, 3, 0) == b"own"
+        finally:
+            os.close(fd)
+        fd = os.open(b.mnt / "h", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert b.stats()["cache"]["ahead_held"] == 300
+            os.truncate(b.mnt / "h", 2)
+            assert os.pread(fd, 300, 0) == b"ol"
+        finally:
+            os.close(fd)
+        assert b.stats()["cache"]["ahead_asked"] > asked
+
+
 def test_a_change_on_the_servers_disk_is_seen_after_lease_timeout(tmp_path):
     """A local process on the server breaks no promise: what the client cached (attributes,
     a name it knows is absent, even in a directory it made, "no extended attributes", a

@@ -463,6 +463,24 @@ def test_unlinking_while_a_big_directory_is_read_leaves_no_stale_listing(fsenv):
     assert set(os.listdir(d)) == left and set(os.listdir(d)) == left
 
 
+def test_reading_a_small_file_costs_no_read_round_trip(fsenv):
+    """cat of a small file: its OPEN brings its first bytes (the server has them in its page
+    cache) and the READ that follows is answered from them: OPEN and a posted RELEASE."""
+    server, m, tmp = fsenv
+    d = server.export / "smallreads"
+    d.mkdir()
+    blobs = {f"f{i}": os.urandom(1000 * i + 1) for i in range(10)}
+    for name, blob in blobs.items():
+        (d / name).write_bytes(blob)  # (written on the server: in its page cache)
+    os.listdir(m.mnt / "smallreads")  # (their names and sizes: no LOOKUP)
+    hits = m.stats()["cache"]["ahead_hits"]
+    before = sent(m)
+    for name, blob in blobs.items():
+        assert (m.mnt / "smallreads" / name).read_bytes() == blob
+    assert sent(m) - before - 2 == 2 * len(blobs)
+    assert m.stats()["cache"]["ahead_hits"] - hits == len(blobs)
+
+
 def test_open_unlinked_file_still_readable(fsenv):
     server, m, tmp = fsenv
     f = m.mnt / "ghost"

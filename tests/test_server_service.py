@@ -13,9 +13,11 @@ from fsproto.rpc import (
     INLINE_MAX,
     KIND_MASK,
     KIND_SHIFT,
+    OPEN_AHEAD_MAX,
     PROTOCOL_VERSION,
     Kind,
     Op,
+    St,
     encode_reply,
     make_match,
     split_match,
@@ -207,4 +209,41 @@ async def test_connect_errors(tmp_path):
         with pytest.raises(mxnet.ConnectError, match="key"):
             async with open_client("127.0.0.1", ep.address[1], key=b"wrong", timeout=2):
                 pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_open_brings_the_files_first_bytes_when_they_are_cached(tmp_path, transport):
+    """OPEN with a third argument: the answer says how many of the file's first bytes follow
+    in one RDATA message, zero copy on mx; cold pages are not waited for (-1: READ them);
+    a write-only or truncating open brings nothing."""
+    data = os.urandom(50_000)
+    (tmp_path / "warm").write_bytes(data)
+    (tmp_path / "cold").write_bytes(data)
+    fd = os.open(tmp_path / "cold", os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # (drops its clean pages)
+    os.close(fd)
+    (tmp_path / "big").write_bytes(os.urandom(OPEN_AHEAD_MAX + 1))
+    async with trio.open_nursery() as nursery:
+        ep, svc = await _serve(nursery, tmp_path, transport)
+        async with open_client("127.0.0.1", ep.address[1], key=KEY, transport=transport,
+                               timeout=5) as rpc:
+            assert rpc.opens_ahead
+            hid, st, got = await rpc.open_ahead(b"warm", os.O_RDONLY, OPEN_AHEAD_MAX, None)
+            assert bytes(got) == data and st[St.SIZE] == len(data)
+            hid2, _, got = await rpc.open_ahead(b"big", os.O_RDWR, 4096, None)
+            assert len(got) == 4096 and bytes(got) == (tmp_path / "big").read_bytes()[:4096]
+            hid3, _, got = await rpc.open_ahead(b"cold", os.O_RDONLY, OPEN_AHEAD_MAX, None)
+            assert got is None
+            assert bytes(await rpc.read(hid3, 0, 65536, epoch=rpc.epoch)) == data
+            hid4, _, got = await rpc.open_ahead(b"warm", os.O_WRONLY, OPEN_AHEAD_MAX, None)
+            assert got is None
+            with pytest.raises(RpcError) as ei:
+                await rpc.open_ahead(b"missing", os.O_RDONLY, 4096, None)
+            assert ei.value.errno == errno.ENOENT
+            for h in (hid, hid2, hid3, hid4):
+                await rpc.call(Op.RELEASE, h)
+            if transport == "mx":
+                assert rpc.statistics()["payload_bytes_copied"] == 0
+            assert svc.dropped == 0 and rpc.ep.iprobe(0, 0) is None  # nothing stray
         nursery.cancel_scope.cancel()
