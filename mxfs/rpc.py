@@ -119,6 +119,7 @@ class RpcClient:
         if self.debug:
             self.call = self._logged_call  # type: ignore[method-assign]
             self.read = self._logged_read  # type: ignore[method-assign]
+            self.open_ahead = self._logged_open_ahead  # type: ignore[method-assign]
         ep.on_peer_lost(self._on_peer_lost)
         ep.set_unexpected_handler(self._on_unexpected)
 
@@ -470,6 +471,11 @@ class RpcClient:
     async def _logged_read(self, hid: int, off: int, size: int, *, epoch: int) -> memoryview:
         return await self._logged(Op.READ, (hid, off, size),
                                   RpcClient.read(self, hid, off, size, epoch=epoch))
+
+    async def _logged_open_ahead(self, ref: Any, flags: int, ahead: int, cred: Cred | None
+                                 ) -> tuple[int, StatTuple, memoryview | None]:
+        return await self._logged(Op.OPEN, (ref, flags, ahead),
+                                  RpcClient.open_ahead(self, ref, flags, ahead, cred))
 
     async def _logged(self, op: Op, args: tuple[Any, ...], call: Any) -> Any:
         t0 = trio.current_time()
