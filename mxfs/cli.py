@@ -237,6 +237,7 @@ def format_stats(d: dict[str, Any]) -> str:
                 ("lookups and getattrs", f"{c.get('hits')} (asked: {c.get('misses')})"),
                 ("xattrs known absent", c.get("xattr_hits")),
                 ("directory listings", c.get("listing_hits")),
+                ("reads an OPEN brought", c.get("ahead_hits")),
                 ("breaks / resets", f"{c.get('breaks')} / {c.get('resets')}"),
                 ("cached attrs/names/listed", f"{c.get('attrs')} / {c.get('entries')} / "
                                                   f"{c.get('listed')}")):

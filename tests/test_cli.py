@@ -130,14 +130,18 @@ def test_debug_option_logs_every_request(tmp_path):
     try:
         m.start()
         (m.mnt / "f").write_bytes(b"hello")
-        assert (m.mnt / "f").read_bytes() == b"hello"
+        assert (m.mnt / "f").read_bytes() == b"hello"  # (its OPEN brings it: no READ)
         os.unlink(m.mnt / "f")
+        big = os.urandom(300_000)  # too big for an OPEN to bring
+        (export / "big").write_bytes(big)
+        assert (m.mnt / "big").read_bytes() == big
     finally:
         m.stop()
         server.stop()
     log = m.log.read_text()
     for expected in ("LOOKUP(b'f') -> ENOENT", "CREATE(b'f', ", "WRITE(1, 0, 5) -> ok",
-                     "READ(", "RELEASE(1) posted", "UNLINK(b'f') -> ok in "):
+                     ", 131072) -> ok in ", "READ(", "RELEASE(1) posted",
+                     "UNLINK(b'f') -> ok in "):
         assert expected in log, expected
 
 
