@@ -297,13 +297,7 @@ class RpcClient:
             ep.isend(peer, segs, make_match(Kind.REQ, rid))
             if wdata is not None:
                 ep.isend(peer, [mxnet.user(p) for p in _parts(wdata)], make_match(Kind.WDATA, rid))
-            st = await self._wait(rx, rid)
-            if not st.ok:
-                raise RpcError(errno.EIO, f"reply {st.code.name}")
-            err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
-            if err:
-                raise RpcError(err)
-            return result
+            return await self._result(rx, rid, reply_buf)
         except (ProtocolError, mxnet.MxError) as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
         finally:
@@ -328,6 +322,16 @@ class RpcClient:
                           make_match(Kind.REQ, rid))
         except mxnet.MxError as e:
             log.debug("posting %s failed: %s", op.name, e)
+
+    async def _result(self, rx: Any, rid: int, reply_buf: bytearray) -> Any:
+        """The result the REPLY that landed in *reply_buf* carries; RpcError for its errno."""
+        st = await self._wait(rx, rid)
+        if not st.ok:
+            raise RpcError(errno.EIO, f"reply {st.code.name}")
+        err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
+        if err:
+            raise RpcError(err)
+        return result
 
     async def _wait(self, req: Any, rid: int) -> Any:
         st = await req.wait()  # the watchdog bounds it: past the deadline it drops the peer
@@ -414,13 +418,7 @@ class RpcClient:
             req = encode_request(Op.OPEN, ref, flags, ahead,
                                  cred=self.own_cred if cred is None else cred)
             ep.isend(peer, [mxnet.user(req)], make_match(Kind.REQ, rid))
-            st = await self._wait(rx, rid)
-            if not st.ok:
-                raise RpcError(errno.EIO, f"reply {st.code.name}")
-            err, result = decode_reply(memoryview(reply_buf)[:st.xfer_length])
-            if err:
-                raise RpcError(err)
-            hid, attrs, n = result
+            hid, attrs, n = await self._result(rx, rid, reply_buf)
             if type(n) is not int or n < 0:
                 return hid, attrs, None
             st = await self._wait(rd, rid)
