@@ -145,6 +145,32 @@ def test_a_promise_is_never_trusted_after_a_reconnect(tmp_path):
             time.sleep(0.05)
 
 
+def test_what_an_open_brought_is_not_read_after_the_server_restarted(tmp_path):
+    """A descriptor whose OPEN brought the file's bytes, the server restarted and the file
+    rewritten on its disk meanwhile: the next read is of the file as it is now (the handle
+    is opened again on the new server run), not of what came before the restart."""
+    with cluster(tmp_path, "mx") as (server, (a,)):
+        (server.export / "f").write_bytes(b"old" * 100)
+        os.listdir(a.mnt)
+        fd = os.open(a.mnt / "f", os.O_RDONLY | os.O_DIRECT)  # (every read is a READ)
+        try:
+            assert a.stats()["cache"]["ahead_held"] == 300
+            server.kill()
+            (server.export / "f").write_bytes(b"new" * 100)
+            server.start()
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    got = os.pread(fd, 300, 0)
+                    break
+                except OSError:  # (while the client reconnects)
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert got == b"new" * 100
+        finally:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("transport", ["mx", "gm"])
 def test_two_clients_racing_on_the_same_names(tmp_path, transport):
     """Both clients create the same 100 names with O_EXCL at once, in a directory one of them
