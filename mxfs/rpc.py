@@ -386,6 +386,12 @@ class RpcClient:
             self._expired.discard(rid)
             if not rd.done:
                 rd.cancel()
+        return self._rdata(st, hdr, buf, size)
+
+    @staticmethod
+    def _rdata(st: Any, hdr: bytearray, buf: Any, size: int) -> tuple[memoryview, int]:
+        """What an RDATA message brought into [hdr, buf]: the data and its checksum; RpcError
+        for the errno it carries, or when it is not a well-formed answer of at most *size*."""
         if st.code is not mxnet.StatusCode.SUCCESS or st.xfer_length < READ_HDR.size:
             raise RpcError(errno.EIO, f"read answer {st.code.name}")
         err, n, checksum = READ_HDR.unpack(hdr)
@@ -421,13 +427,11 @@ class RpcClient:
             hid, attrs, n = await self._result(rx, rid, reply_buf)
             if type(n) is not int or n < 0:
                 return hid, attrs, None
-            st = await self._wait(rd, rid)
-            if st.code is not mxnet.StatusCode.SUCCESS or st.xfer_length < READ_HDR.size:
+            try:
+                data, _ = self._rdata(await self._wait(rd, rid), hdr, buf, ahead)
+            except RpcError:  # (the open stands: its READs go to the server)
                 return hid, attrs, None
-            rerr, got, _ = READ_HDR.unpack(hdr)
-            if rerr or got != n or got > ahead or READ_HDR.size + got != st.xfer_length:
-                return hid, attrs, None
-            return hid, attrs, memoryview(buf)[:got]
+            return hid, attrs, data if len(data) == n else None
         except (ProtocolError, mxnet.MxError, ValueError, TypeError) as e:
             raise RpcError(errno.EIO, f"transport: {e}") from None
         finally:

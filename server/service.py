@@ -199,11 +199,8 @@ class Service:
         plan = None
         try:
             result = self.fs.serve(peer, Op.OPEN, cred, [path, flags])
-            err = 0
         except Exception as e:
-            result, err = None, self._errno(Op.OPEN, peer, e)
-        if err:
-            self._reply(peer, rid, Op.OPEN, err, None)
+            self._reply(peer, rid, Op.OPEN, self._errno(Op.OPEN, peer, e), None)
             return
         if type(ahead) is int and ahead > 0 and flags & os.O_ACCMODE != os.O_WRONLY \
                 and not flags & os.O_TRUNC:
@@ -211,7 +208,7 @@ class Service:
             if plan is not None and plan[3]:
                 plan = None  # (no data, no error: the client's READ meets it)
         result = [*result, plan[2] if plan is not None else -1]
-        self._reply(peer, rid, Op.OPEN, err, result)
+        self._reply(peer, rid, Op.OPEN, 0, result)
         if plan is not None:
             self._send_read(peer, rid, *plan)
 
